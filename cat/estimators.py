@@ -252,7 +252,7 @@ class RewardHistory:
         r = as_float64(rewards, "rewards")
         history = torch.sort(torch.tensor(list(self._values), dtype=torch.float64)).values
         smaller = torch.searchsorted(history, r.flatten(), side="left").reshape(r.shape)
-        return ((smaller + 1) / (len(history) + 2)).clamp(0.001, 0.999)
+        return ((smaller + 1).to(torch.float64) / (len(history) + 2)).clamp(0.001, 0.999)
 
     def append(self, rewards) -> None:
         r = as_float64(rewards, "rewards").flatten()
@@ -291,7 +291,7 @@ def pkpo_binary_credit(correct, k: int) -> torch.Tensor:
     for g, row in enumerate(c_mat):
         c = int(row.sum())
         wrong_credit = (k / m) * _pass_at_k_allow_zero(m - 1, c, k - 1) if c < m else 0.0
-        out[g] = torch.where(row > 0, torch.tensor(k / m, dtype=torch.float64), torch.tensor(wrong_credit))
+        out[g] = torch.where(row > 0, torch.full_like(row, k / m), torch.full_like(row, wrong_credit))
     return out
 
 
@@ -341,5 +341,5 @@ def passk_training_advantage(correct, k: int) -> torch.Tensor:
             continue
         a_pos = (1.0 - r_bar) / sigma
         a_neg = (1.0 - r_bar - (math.comb(n_neg - 1, k - 1) / math.comb(m - 1, k - 1) if n_neg >= 1 else 0.0)) / sigma
-        out[g] = torch.where(row > 0, torch.tensor(a_pos, dtype=torch.float64), torch.tensor(a_neg))
+        out[g] = torch.where(row > 0, torch.full_like(row, a_pos), torch.full_like(row, a_neg))
     return out
