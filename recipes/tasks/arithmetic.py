@@ -1,0 +1,81 @@
+"""Procedural arithmetic: the embedded default task, seeded, with a difficulty knob and disjoint splits.
+
+Every expression belongs to exactly one split by a stable hash of its text (1 in 5 to ``test``), so the train
+and test problem sets are disjoint by construction for every seed and size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import random
+
+from recipes.tasks.base import Problem, Task
+
+OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+SPLITS = ("train", "test")
+DEFAULT_TEMPLATE = "What is {expression}? Answer with just the number."
+DEFAULTS = {"digits": 1, "terms": 2, "operators": "+"}
+
+
+def split_of(expression: str) -> str:
+    digest = hashlib.sha1(expression.encode()).digest()
+    return "test" if digest[0] % 5 == 0 else "train"
+
+
+def _evaluate(operands: list[int], ops: list[str]) -> int:
+    # left to right with × binding tighter, as a reader would: delegate to Python's precedence on ints
+    expression = " ".join(str(x) for pair in zip(operands, ops + [""]) for x in pair if x != "")
+    return int(eval(expression, {"__builtins__": {}}))  # noqa: S307  (digits and + - * only, built here)
+
+
+def load_arithmetic(
+    *,
+    split: str = "train",
+    size: int | None = None,
+    seed: int = 0,
+    prompt_template: str | None = None,
+    digits: int = DEFAULTS["digits"],
+    terms: int = DEFAULTS["terms"],
+    operators: str = DEFAULTS["operators"],
+) -> Task:
+    """``size`` problems (default 200) with ``terms`` operands of up to ``digits`` digits joined by ``operators``."""
+    if split not in SPLITS:
+        raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
+    for name, value in (("digits", digits), ("terms", terms)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"task.{name} must be a positive int, got {value!r}")
+    if terms < 2:
+        raise ValueError(f"task.terms must be >= 2, got {terms!r}")
+    if not operators or set(operators) - set(OPERATORS):
+        raise ValueError(f"task.operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
+    size = 200 if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"task.size must be a positive int, got {size!r}")
+    ops_alphabet = sorted(set(operators))
+    template = prompt_template or DEFAULT_TEMPLATE
+    rng = random.Random(f"arithmetic/{split}/{seed}")
+    seen: set[str] = set()
+    problems = []
+    for _attempt in range(100 * size + 10_000):
+        if len(problems) == size:
+            break
+        operands = [rng.randrange(10**digits) for _ in range(terms)]
+        ops = [rng.choice(ops_alphabet) for _ in range(terms - 1)]
+        expression = " ".join(f"{x} {o}" for x, o in zip(operands, ops)) + f" {operands[-1]}"
+        if expression in seen or split_of(expression) != split:
+            continue
+        seen.add(expression)
+        problems.append(
+            Problem(
+                id=f"arith-{split}-{seed}-{len(problems):05d}",
+                prompt=template.replace("{expression}", expression),
+                answer=str(_evaluate(operands, ops)),
+            )
+        )
+    if len(problems) < size:
+        raise ValueError(
+            f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
+            f"terms={terms}; raise task.digits or task.terms"
+        )
+    return Task("arithmetic", problems)

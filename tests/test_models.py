@@ -1,0 +1,94 @@
+"""Model loading: the embedded SmolLM2 conversion (exact, cached, atomic), 4-bit on CPU, the tiny model."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from recipes import models
+
+
+def test_tiny_llama_by_name():
+    model, tok = models.load_pretrained("tiny-llama", device="cpu")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+
+
+def test_bad_model_inputs():
+    with pytest.raises(ValueError, match=r"model.dtype must be .* got 'float8'"):
+        models.load_pretrained("tiny-llama", dtype="float8")
+    with pytest.raises(ValueError, match=r"model.load_in_4bit must be .* got 'yes'"):
+        models.resolve_load_in_4bit("yes", "cpu")
+    with pytest.raises(ValueError, match=r"unknown embedded model 'gpt5'"):
+        models.embedded_checkpoint("gpt5")
+    with pytest.raises(ValueError, match=r"model.name 'no-such-model' is neither"):
+        models.load_pretrained("no-such-model", device="cpu")
+
+
+def test_missing_gguf_file_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("CATPOT_SMOLLM2_GGUF", str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="CATPOT_SMOLLM2_GGUF points to .*missing.gguf"):
+        models.embedded_gguf()
+
+
+def test_load_in_4bit_auto_is_off_on_cpu():
+    assert models.resolve_load_in_4bit("auto", "cpu") is False
+    assert models.resolve_load_in_4bit("auto", "cuda") is True
+
+
+@pytest.mark.slow
+def test_embedded_model_is_plain_trainable_and_matches_the_gguf(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = smollm2
+    assert not hasattr(model.config, "quantization_config") and not getattr(model, "is_quantized", False)
+    gguf = models.embedded_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    ids = tok("What is 2 + 2?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)  # the cached copy is the dequantised GGUF, exactly
+    assert (models.embedded_checkpoint() / models.COMPLETE_MARKER).is_file()
+
+
+@pytest.mark.slow
+def test_embedded_model_in_4bit_on_cpu(smollm2):
+    import bitsandbytes as bnb
+
+    model, tok = models.load_pretrained("smollm2-135m-instruct", load_in_4bit=True, device="cpu")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    with torch.no_grad():
+        logits = model(tok("1 + 1 =", return_tensors="pt").input_ids).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_killed_conversion_leaves_nothing_that_loads(tmp_path):
+    """SIGKILL mid-conversion: the cache holds no completed model, so the next load converts again."""
+    code = "from recipes.models import embedded_checkpoint; import sys; embedded_checkpoint(cache_dir=sys.argv[1])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".smollm2") for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside the conversion, before the rename
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    target = tmp_path / "smollm2-135m-instruct"
+    assert not (target / models.COMPLETE_MARKER).exists()
+    assert not target.exists()
+
+
+def test_lora_config_wraps_the_model_and_only_adapters_train():
+    from peft import LoraConfig, PeftModel
+
+    model, _ = models.load_pretrained("tiny-llama", device="cpu", lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert isinstance(model, PeftModel)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # r × (in + out) per adapted projection: q is 64→64, v is 64→32 (2 kv heads × head_dim 16), 4 layers
+    assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == 4 * 4 * ((64 + 64) + (64 + 32))
+    with pytest.raises(TypeError, match="lora must be a peft.LoraConfig or None, got dict"):
+        models.load_pretrained("tiny-llama", device="cpu", lora={"r": 4})

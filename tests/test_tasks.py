@@ -1,0 +1,77 @@
+"""Tasks: seeded, disjoint arithmetic splits; GSM8K / MATH / MATH-500 from local JSONL; the verifier."""
+
+import pytest
+
+from recipes.tasks import TASKS, load_task
+from recipes.tasks.arithmetic import split_of
+
+
+def test_arithmetic_is_seeded_and_answers_are_right():
+    a = load_task("arithmetic", split="train", size=50, seed=3, digits=2, terms=3, operators="+-*")
+    b = load_task("arithmetic", split="train", size=50, seed=3, digits=2, terms=3, operators="+-*")
+    assert a.problems == b.problems
+    assert a.problems != load_task("arithmetic", split="train", size=50, seed=4, digits=2, terms=3, operators="+-*").problems
+    for p in a.problems:
+        expression = p.prompt.removeprefix("What is ").split("?")[0]
+        terms = expression.split(" ")
+        assert len(terms) == 5 and all(len(t) <= 2 for t in terms[::2])
+        # independent evaluation: × first, then + and − left to right
+        values, ops = [int(t) for t in terms[::2]], terms[1::2]
+        while "*" in ops:
+            i = ops.index("*")
+            values[i : i + 2] = [values[i] * values[i + 1]]
+            ops.pop(i)
+        total = values[0]
+        for op, v in zip(ops, values[1:]):
+            total = total + v if op == "+" else total - v
+        assert p.answer == str(total)
+
+
+def test_arithmetic_splits_are_disjoint_for_any_seed():
+    train = {p.prompt for s in range(3) for p in load_task("arithmetic", split="train", size=300, seed=s, digits=2).problems}
+    test = {p.prompt for s in range(3) for p in load_task("arithmetic", split="test", size=300, seed=s, digits=2).problems}
+    assert train and test and not train & test
+    assert all(split_of(p.removeprefix("What is ").split("?")[0]) == "test" for p in test)
+
+
+def test_arithmetic_verifier_and_answer_keys():
+    task = load_task("arithmetic", split="test", size=3, digits=1)
+    problem = task.problems[0]
+    assert task.verify(f"The answer is {problem.answer}.", problem).correct
+    wrong = task.verify(f"{int(problem.answer) + 1}", problem)
+    assert not wrong.correct and wrong.answer_key == str(int(problem.answer) + 1)
+    assert task.verify("I don't know", problem).answer_key is None
+    assert task.messages(problem) == [{"role": "user", "content": problem.prompt}]
+
+
+def test_math_datasets_from_local_jsonl(shared_data_dir):
+    gsm = load_task("gsm8k", split="test", data_dir=shared_data_dir)
+    assert len(gsm) == 1319 and gsm.problems[0].answer == "18" and "\\boxed{}" in gsm.problems[0].prompt
+    math = load_task("math", split="train", data_dir=shared_data_dir, levels=[1, 2, 3])
+    assert 0 < len(math) < 7500
+    m500 = load_task("math500", split="test", data_dir=shared_data_dir, levels=[5])
+    assert len(m500) == 134 and m500.problems[0].id.startswith("test/")
+    small = load_task("math500", split="test", data_dir=shared_data_dir, size=10, seed=1)
+    assert small.problems == load_task("math500", split="test", data_dir=shared_data_dir, size=10, seed=1).problems
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"name": "chess"}, ValueError, r"task.name must be one of .* got 'chess'"),
+        ({"name": "arithmetic", "split": "dev"}, ValueError, r"task.split .* got 'dev'"),
+        ({"name": "arithmetic", "digits": 0}, ValueError, r"task.digits must be a positive int, got 0"),
+        ({"name": "arithmetic", "operators": "/"}, ValueError, r"task.operators .* got '/'"),
+        ({"name": "arithmetic", "size": 500, "digits": 1}, ValueError, r"task.size=500 exceeds the 80 distinct"),
+        ({"name": "gsm8k", "split": "test", "data_dir": "/nonexistent"}, FileNotFoundError, r"task.data_dir: .*gsm8k/test.jsonl"),
+        ({"name": "math500", "split": "train", "data_dir": "/tmp"}, ValueError, r"task.split for math500 .* got 'train'"),
+        ({"name": "gsm8k", "split": "test", "digits": 2}, ValueError, r"unknown option\(s\) for task 'gsm8k'"),
+    ],
+)
+def test_bad_task_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        load_task(**kwargs)
+
+
+def test_registry():
+    assert set(TASKS) == {"arithmetic", "gsm8k", "math", "math500"}
