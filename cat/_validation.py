@@ -54,6 +54,8 @@ def check_probability(p, name: str = "p") -> torch.Tensor:
 def check_log_probability(log_p, name: str = "log_p") -> torch.Tensor:
     """``log_p`` kept in its own dtype (so autograd flows) after checking every entry is ≤ 0 and not NaN."""
     t = log_p if isinstance(log_p, torch.Tensor) else as_float64(log_p, name)
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.to(torch.float64)
     bad = torch.isnan(t.detach()) | (t.detach() > 0)

@@ -105,20 +105,20 @@ def passn_log_probability(log_p, n: int) -> torch.Tensor:
     """log(1 − (1−p)^n) from log p = log1mexp(n·log1mexp(log p)); → log p + log n as p → 0."""
     n = check_positive_int(n, "n")
     log_p = check_log_probability(log_p)
-    return _passn_log_probability(log_p.to(torch.float64), n)
+    return _passn_log_success(log_p, n)
 
 
 def passn_rl_weight(p, n: int) -> torch.Tensor:
     """pass@n RL weight f′(p) = n(1−p)^(n−1): N at p = 0, 0 at p = 1 (n > 1), ≡ 1 for n = 1."""
     n = check_positive_int(n, "n")
-    p = check_probability(p)
+    p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
     return n * torch.exp(xlogy(torch.tensor(float(n - 1), dtype=torch.float64), torch.log1p(-p)))
 
 
 def passn_sft_weight(p, n: int) -> torch.Tensor:
     """pass@n SFT weight n·p(1−p)^(n−1)/(1−(1−p)^n) (DCO's F(N, p)); 1 at p = 0, 0 at p = 1 for n > 1."""
     n = check_positive_int(n, "n")
-    p = check_probability(p)
+    p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
     return _passn_sft_weight_from_logp(_log(p), n)
 
 
@@ -129,8 +129,9 @@ def passn_sft_weight_from_logp(log_p, n: int) -> torch.Tensor:
     return _passn_sft_weight_from_logp(log_p.detach().to(torch.float64), n)
 
 
-class _ClosedFormNLL(torch.autograd.Function):
-    """−log f(p) as a function of log p, whose backward is exactly −w_SFT (∂log f/∂log p = w_SFT)."""
+class _ClosedFormLogSuccess(torch.autograd.Function):
+    """log f(p) as a function of log p, whose backward is exactly w_SFT (∂log f/∂log p = w_SFT): the gradient
+    cannot drift from the weight and stays finite where autograd through the log-space branches gives NaN."""
 
     @staticmethod
     def forward(ctx, log_p, value_fn, weight_fn):
@@ -138,13 +139,18 @@ class _ClosedFormNLL(torch.autograd.Function):
         ctx.save_for_backward(log_p64)
         ctx.weight_fn = weight_fn
         ctx.in_dtype = log_p.dtype
-        return (-value_fn(log_p64)).to(output_dtype(log_p))
+        return value_fn(log_p64)
 
     @staticmethod
     def backward(ctx, grad_out):
         (log_p64,) = ctx.saved_tensors
-        weight = ctx.weight_fn(log_p64)
-        return (-grad_out.to(torch.float64) * weight).to(ctx.in_dtype), None, None
+        return (grad_out.to(torch.float64) * ctx.weight_fn(log_p64)).to(ctx.in_dtype), None, None
+
+
+def _passn_log_success(log_p: torch.Tensor, n: int) -> torch.Tensor:
+    return _ClosedFormLogSuccess.apply(
+        log_p, lambda lp: _passn_log_probability(lp, n), lambda lp: _passn_sft_weight_from_logp(lp, n)
+    )
 
 
 def passn_sft_loss(log_p, n: int, reduction: str = "mean") -> torch.Tensor:
@@ -152,17 +158,16 @@ def passn_sft_loss(log_p, n: int, reduction: str = "mean") -> torch.Tensor:
     n = check_positive_int(n, "n")
     log_p = check_log_probability(log_p)
     reduction = check_reduction(reduction)
-    loss = _ClosedFormNLL.apply(
-        log_p, lambda lp: _passn_log_probability(lp, n), lambda lp: _passn_sft_weight_from_logp(lp, n)
-    )
-    return reduce(loss, reduction)
+    return reduce((-_passn_log_success(log_p, n)).to(output_dtype(log_p)), reduction)
 
 
 # --------------------------------------------------------------------------------------------------------- majority
 
 
-def _majority_log_probability(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    return log_upper_tail(log_p, n, k)
+def _majority_log_success(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    return _ClosedFormLogSuccess.apply(
+        log_p, lambda lp: log_upper_tail(lp, n, k), lambda lp: _majority_sft_weight_from_logp(lp, n, k)
+    )
 
 
 def _majority_sft_weight_from_logp(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -178,7 +183,7 @@ def majority_probability(p, n: int, k: int) -> torch.Tensor:
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     p = check_probability(p)
-    return torch.exp(_majority_log_probability(_log(p), n, k))
+    return torch.exp(log_upper_tail(_log(p), n, k))
 
 
 def majority_log_probability(log_p, n: int, k: int) -> torch.Tensor:
@@ -186,14 +191,14 @@ def majority_log_probability(log_p, n: int, k: int) -> torch.Tensor:
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     log_p = check_log_probability(log_p)
-    return _majority_log_probability(log_p.to(torch.float64), n, k)
+    return _majority_log_success(log_p, n, k)
 
 
 def majority_rl_weight(p, n: int, k: int) -> torch.Tensor:
     """Majority RL weight d/dp P[Bin(n,p) ≥ k] = n·C(n−1,k−1)·p^(k−1)(1−p)^(n−k) (peak at p* = (k−1)/(n−1))."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
-    p = check_probability(p)
+    p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
     f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
     log_w = math.log(n) + log_binom(n - 1, k - 1) + xlogy(f64(k - 1), _log(p)) + xlogy(f64(n - k), torch.log1p(-p))
     return torch.exp(log_w)
@@ -203,7 +208,7 @@ def majority_sft_weight(p, n: int, k: int) -> torch.Tensor:
     """Majority SFT weight k·C(n,k)p^k(1−p)^(n−k) / P[Bin(n,p) ≥ k]: k at p = 0; at p = 1, n if k = n else 0."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
-    p = check_probability(p)
+    p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
     return _majority_sft_weight_from_logp(_log(p), n, k)
 
 
@@ -221,10 +226,7 @@ def majority_sft_loss(log_p, n: int, k: int, reduction: str = "mean") -> torch.T
     k = check_k(k, n)
     log_p = check_log_probability(log_p)
     reduction = check_reduction(reduction)
-    loss = _ClosedFormNLL.apply(
-        log_p, lambda lp: _majority_log_probability(lp, n, k), lambda lp: _majority_sft_weight_from_logp(lp, n, k)
-    )
-    return reduce(loss, reduction)
+    return reduce((-_majority_log_success(log_p, n, k)).to(output_dtype(log_p)), reduction)
 
 
 # ------------------------------------------------------------------------------------------------------- best-of-n
@@ -233,7 +235,7 @@ def majority_sft_loss(log_p, n: int, k: int, reduction: str = "mean") -> torch.T
 def best_of_n_rl_weight(q, n: int) -> torch.Tensor:
     """Best-of-n rank weight n·q^(n−1) for a lower-tail reward quantile q = P[R(Y′) < R(y)] (CAT App. B.2.3)."""
     n = check_positive_int(n, "n")
-    q = check_probability(q, "q")
+    q = check_probability(q, "q").detach()
     return n * torch.exp(xlogy(torch.tensor(float(n - 1), dtype=torch.float64), _log(q)))
 
 
@@ -283,4 +285,9 @@ def weighted_policy_loss(logp, advantages, weights, reduction: str = "mean") -> 
     advantages = torch.as_tensor(advantages, dtype=logp.dtype)
     weights = torch.as_tensor(weights, dtype=logp.dtype)
     check_same_shape(logp=logp, advantages=advantages, weights=weights)
+    for name, value in (("advantages", advantages), ("weights", weights)):
+        bad = ~torch.isfinite(value.detach())
+        if bool(bad.any()):
+            index = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{name} must be finite, got {float(value.detach()[index])!r} at index {index}")
     return reduce(-logp * advantages.detach() * weights.detach(), reduction)

@@ -183,6 +183,13 @@ def test_weight_equals_numerical_derivative_of_log_success():
             assert float(obj.majority_sft_weight_from_logp(lp, n, k)) == pytest.approx(float(deriv), rel=1e-10)
 
 
+def test_weights_are_constants():
+    p = torch.tensor([0.2, 0.7], dtype=torch.float64, requires_grad=True)
+    for w in (obj.passn_sft_weight(p, 4), obj.passn_rl_weight(p, 4), obj.majority_sft_weight(p, 8, 3),
+              obj.majority_rl_weight(p, 8, 3), obj.best_of_n_rl_weight(p, 4)):
+        assert not w.requires_grad
+
+
 def test_half_precision_is_promoted():
     log_p = torch.tensor([-2.0, -0.5], dtype=torch.bfloat16, requires_grad=True)
     loss = obj.passn_sft_loss(log_p, 8, reduction="none")
@@ -293,6 +300,7 @@ def test_weighted_policy_loss_detaches_advantage_and_weight():
         (lambda: obj.passn_sft_weight(float("nan"), 4), r"p must lie in \[0, 1\], got nan"),
         (lambda: obj.passn_sft_loss(torch.tensor([0.3]), 4), r"log_p must be a log-probability .* got 0.3"),
         (lambda: obj.passn_log_probability(float("nan"), 4), r"log_p must be .* got nan"),
+        (lambda: obj.passn_sft_loss(torch.tensor([-1 + 0j]), 4), r"log_p must be a real tensor, got dtype torch.complex64"),
         (lambda: obj.majority_probability(0.5, 4, 5), r"k must satisfy 1 <= k <= n=4, got k=5"),
         (lambda: obj.majority_rl_weight(0.5, 4, 0), r"k must be a positive int, got 0"),
         (lambda: obj.majority_sft_loss(torch.tensor([-1.0]), 4, 2, reduction="avg"), r"reduction must be .* got 'avg'"),
@@ -303,9 +311,26 @@ def test_weighted_policy_loss_detaches_advantage_and_weight():
         (lambda: obj.normalize_sample_weights(torch.zeros(2, 2)), r"all zero"),
         (lambda: obj.normalize_sample_weights(torch.tensor([1.0, float("inf")])), r"finite and >= 0, got inf"),
         (lambda: obj.weighted_policy_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3, 1)), r"shapes must match"),
+        (
+            lambda: obj.weighted_policy_loss(torch.zeros(2), torch.tensor([0.0, float("nan")]), torch.ones(2)),
+            r"advantages must be finite, got nan at index \(1,\)",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_argument_and_value(call, match):
     with pytest.raises((ValueError, TypeError), match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (8, 1), (8, 3), (8, 8), (1024, 2), (1024, 513)])
+def test_log_success_gradient_is_the_weight_and_finite_at_the_ends(n, k):
+    """d log f / d log p = w_SFT for the public log-probabilities too, finite from log p = −1e4 up to log p = 0."""
+    log_p = torch.tensor([-1e4, -50.0, -3.0, -0.5, -1e-3, 0.0], dtype=torch.float64, requires_grad=True)
+    obj.majority_log_probability(log_p, n, k).sum().backward()
+    assert torch.isfinite(log_p.grad).all()
+    assert torch.equal(log_p.grad, obj.majority_sft_weight_from_logp(log_p, n, k))
+    if k == 1:
+        log_p.grad = None
+        obj.passn_log_probability(log_p, n).sum().backward()
+        assert torch.equal(log_p.grad, obj.passn_sft_weight_from_logp(log_p, n))
