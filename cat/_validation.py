@@ -42,6 +42,22 @@ def _first_bad(x: torch.Tensor, bad: torch.Tensor) -> float:
     return float(x.detach()[bad].flatten()[0])
 
 
+def check_not_nan(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` unchanged after checking that no entry is NaN (±inf allowed)."""
+    bad = torch.isnan(x.detach())
+    if bool(bad.any()):
+        raise ValueError(f"{name} must not contain NaN, got {_first_bad(x, bad)!r}")
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` unchanged after checking that every entry is finite (no NaN, no ±inf)."""
+    bad = ~torch.isfinite(x.detach())
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite, got {_first_bad(x, bad)!r}")
+    return x
+
+
 def check_probability(p, name: str = "p") -> torch.Tensor:
     """``p`` as float64 with every entry in [0, 1] and none NaN."""
     t = as_float64(p, name)

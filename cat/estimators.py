@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import random
 from collections import Counter, deque
 from collections.abc import Hashable, Sequence
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from cat._logspace import log_binom
-from cat._validation import as_float64, check_k, check_positive_int
+from cat._validation import as_float64, check_finite, check_k, check_not_nan, check_positive_int, check_same_shape
 
 __all__ = [
     "pass_at_k",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 EXACT_SUBSET_LIMIT = 200_000
+DEFAULT_MC_SAMPLES = 2000
 
 
 # -------------------------------------------------------------------------------------------------------- pass@k
@@ -99,6 +101,15 @@ class MajorityEstimate(NamedTuple):
     exact: bool
 
 
+def _check_flags(correct: Sequence, name: str = "correct") -> list[bool]:
+    """One bool per sample: True/False or 0/1 (numpy and 0-d tensor scalars compare equal to these)."""
+    flags = list(correct)
+    for i, flag in enumerate(flags):
+        if flag not in (0, 1):
+            raise ValueError(f"{name} must hold booleans or 0/1, got {flag!r} at index {i}")
+    return [bool(flag) for flag in flags]
+
+
 def _plurality_is_correct(subset: Sequence[int], keys: Sequence[Hashable | None], correct: Sequence[bool]) -> bool:
     votes = Counter(keys[i] for i in subset if keys[i] is not None)
     if not votes:
@@ -114,38 +125,45 @@ def majority_at_k(
 ) -> MajorityEstimate:
     """Expected plurality-vote accuracy over size-k subsets of one problem's n samples.
 
-    Exact by enumeration when C(n,k) ≤ 200 000 (or ``samples`` is None and it fits), otherwise the mean over
-    ``samples`` (default 2000) seeded uniform subsets, with its standard error. Ties go to the first occurrence;
-    unparsed answers (None) stay in the pool but never win, so a subset of only None votes is wrong.
+    Exact by enumeration when C(n,k) ≤ 200 000: ``exact=True``, ``stderr=0.0``, and ``samples``/``seed`` are not
+    used. Otherwise the mean v̄ over ``samples`` (default 2000) seeded uniform size-k subsets, with standard error
+    √(v̄(1−v̄)/(samples−1)) (sample variance of the 0/1 outcomes over samples), so ``samples`` must be ≥ 2 for the
+    error to be defined. Ties go to the first occurrence; unparsed answers (None) stay in the pool but never win,
+    so a subset of only None votes is wrong.
     """
     n = len(answer_keys)
-    if len(correct) != n:
-        raise ValueError(f"answer_keys and correct must have the same length, got {n} and {len(correct)}")
+    flags = _check_flags(correct)
+    if len(flags) != n:
+        raise ValueError(f"answer_keys and correct must have the same length, got {n} and {len(flags)}")
     k = check_k(k, n) if n else check_positive_int(k, "k")
     if n < k:
         raise ValueError(f"maj@k needs n >= k samples, got n={n} < k={k}")
+    samples = DEFAULT_MC_SAMPLES if samples is None else check_positive_int(samples, "samples")
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2 for a Monte Carlo standard error, got samples={samples}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
     total = math.comb(n, k)
-    if total <= EXACT_SUBSET_LIMIT and samples is None:
-        hits = sum(_plurality_is_correct(s, answer_keys, correct) for s in itertools.combinations(range(n), k))
+    if total <= EXACT_SUBSET_LIMIT:
+        hits = sum(_plurality_is_correct(s, answer_keys, flags) for s in itertools.combinations(range(n), k))
         return MajorityEstimate(hits / total, 0.0, True)
-    samples = 2000 if samples is None else check_positive_int(samples, "samples")
     rng = random.Random(seed)
-    outcomes = [
-        _plurality_is_correct(sorted(rng.sample(range(n), k)), answer_keys, correct) for _ in range(samples)
-    ]
+    outcomes = [_plurality_is_correct(sorted(rng.sample(range(n), k)), answer_keys, flags) for _ in range(samples)]
     mean = sum(outcomes) / samples
-    stderr = math.sqrt(mean * (1 - mean) / (samples - 1)) if samples > 1 else float("nan")
-    return MajorityEstimate(mean, stderr, False)
+    return MajorityEstimate(mean, math.sqrt(mean * (1 - mean) / (samples - 1)), False)
 
 
 # ----------------------------------------------------------------------------------------------------- best-of-k
 
 
 def best_of_k_expected(rewards, k: int) -> float:
-    """Exact E[max of a uniform size-k subset] = Σ_{i=k}^{n} C(i−1,k−1)/C(n,k)·r_(i), r sorted ascending."""
-    r = as_float64(rewards, "rewards").flatten()
-    if bool(torch.isnan(r).any()):
-        raise ValueError("rewards must not contain NaN")
+    """Exact E[max of a uniform size-k subset] = Σ_{i=k}^{n} C(i−1,k−1)/C(n,k)·r_(i), r sorted ascending.
+
+    ``rewards`` is one problem's 1-D pool of finite rewards.
+    """
+    r = check_finite(as_float64(rewards, "rewards"), "rewards")
+    if r.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (one problem's pool), got shape {tuple(r.shape)}")
     n = r.numel()
     k = check_positive_int(k, "k")
     if n < k:
@@ -162,8 +180,9 @@ def _correct_matrix(correct) -> torch.Tensor:
     c = torch.as_tensor(correct)
     if c.dim() != 2 or c.shape[1] < 1:
         raise ValueError(f"correct must be a (prompts, rollouts) matrix, got shape {tuple(c.shape)}")
-    if c.dtype != torch.bool and not bool(((c == 0) | (c == 1)).all()):
-        raise ValueError("correct must hold 0/1 or booleans")
+    bad = ~((c == 0) | (c == 1))
+    if bool(bad.any()):
+        raise ValueError(f"correct must hold 0/1 or booleans, got {c[bad].flatten()[0].item()!r}")
     return c.to(torch.float64)
 
 
@@ -185,16 +204,22 @@ def _clamped_probability(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def sequence(logp_sum) -> torch.Tensor:
-    """Per-sample p̂ = π_old(y|x) = exp(Σ_t log π_old(y_t)) with the CAT App. J clamps, float64."""
-    return _clamped_probability(as_float64(logp_sum, "logp_sum"))
+    """Per-sample p̂ = π_old(y|x) = exp(Σ_t log π_old(y_t)) with the CAT App. J clamps, float64 (NaN refused)."""
+    return _clamped_probability(check_not_nan(as_float64(logp_sum, "logp_sum"), "logp_sum"))
 
 
 def length_normalized(logp_sum, lengths) -> torch.Tensor:
-    """Per-sample p̂ = exp(mean_t log π_old(y_t)), the geometric-mean token probability, same clamps."""
+    """Per-sample p̂ = exp(mean_t log π_old(y_t)), the geometric-mean token probability, same clamps.
+
+    ``logp_sum`` and ``lengths`` (token counts, ≥ 1) must have the same shape; NaN is refused in either.
+    """
+    logp_sum = check_not_nan(as_float64(logp_sum, "logp_sum"), "logp_sum")
     lengths = as_float64(lengths, "lengths")
-    if bool((lengths < 1).any()):
-        raise ValueError(f"lengths must be >= 1, got {float(lengths.min())!r}")
-    return _clamped_probability(as_float64(logp_sum, "logp_sum") / lengths)
+    check_same_shape(logp_sum=logp_sum, lengths=lengths)
+    bad = ~(lengths >= 1)  # also catches NaN
+    if bool(bad.any()):
+        raise ValueError(f"lengths must be >= 1, got {float(lengths[bad].flatten()[0])!r}")
+    return _clamped_probability(logp_sum / lengths)
 
 
 P_ESTIMATORS = ("laplace", "empirical", "sequence", "length_normalized")
@@ -213,8 +238,12 @@ def dynamic_majority_k(answer_keys: Sequence[Hashable | None], correct: Sequence
     if n < 2:
         raise ValueError(f"the dynamic majority threshold needs n >= 2, got n={n}")
     m = len(answer_keys)
+    correct = _check_flags(correct)
     if m == 0 or len(correct) != m:
         raise ValueError(f"need one correctness flag per rollout, got {m} keys and {len(correct)} flags")
+    unparsed_correct = next((i for i, (key, ok) in enumerate(zip(answer_keys, correct)) if key is None and ok), None)
+    if unparsed_correct is not None:
+        raise ValueError(f"correct flags an unparsed answer (answer_keys[{unparsed_correct}] is None) as correct")
     wrong = Counter(key for key, ok in zip(answer_keys, correct) if not ok)
     c_max = max(wrong.values(), default=0)
     return max(2, min(n // 2 + 1, (n * c_max) // m + 1))
@@ -225,11 +254,9 @@ def dynamic_majority_k(answer_keys: Sequence[Hashable | None], correct: Sequence
 
 def within_prompt_quantiles(rewards) -> torch.Tensor:
     """q_ij = (#{l : r_il < r_ij} + 1)/(m + 1) within each row (prompt); ties share q; never across prompts."""
-    r = as_float64(rewards, "rewards")
+    r = check_not_nan(as_float64(rewards, "rewards"), "rewards")
     if r.dim() != 2:
         raise ValueError(f"rewards must be a (prompts, rollouts) matrix, got shape {tuple(r.shape)}")
-    if bool(torch.isnan(r).any()):
-        raise ValueError("rewards must not contain NaN")
     smaller = (r.unsqueeze(1) < r.unsqueeze(2)).sum(dim=2)
     return (smaller + 1).to(torch.float64) / (r.shape[1] + 1)
 
@@ -238,8 +265,11 @@ class RewardHistory:
     """FIFO of the last ``capacity`` rewards for unconditional best-of-N quantiles (CAT App. B.2.3).
 
     ``quantiles(r)`` = (#{h ∈ H : h < r} + 1)/(|H| + 2), clamped to [0.001, 0.999]; it never mutates the history,
-    so a batch is queried before it is ``append``-ed.
+    so a batch is queried before it is ``append``-ed. NaN rewards are refused (a NaN has no rank). The capacity is
+    configuration: ``load_state_dict`` refuses a state saved with another capacity rather than adopting it.
     """
+
+    STATE_KEYS = frozenset({"capacity", "values"})
 
     def __init__(self, capacity: int = 4000):
         self.capacity = check_positive_int(capacity, "capacity")
@@ -249,23 +279,32 @@ class RewardHistory:
         return len(self._values)
 
     def quantiles(self, rewards) -> torch.Tensor:
-        r = as_float64(rewards, "rewards")
+        r = check_not_nan(as_float64(rewards, "rewards"), "rewards")
         history = torch.sort(torch.tensor(list(self._values), dtype=torch.float64)).values
         smaller = torch.searchsorted(history, r.flatten(), side="left").reshape(r.shape)
         return ((smaller + 1).to(torch.float64) / (len(history) + 2)).clamp(0.001, 0.999)
 
     def append(self, rewards) -> None:
-        r = as_float64(rewards, "rewards").flatten()
-        if bool(torch.isnan(r).any()):
-            raise ValueError("rewards must not contain NaN")
+        r = check_not_nan(as_float64(rewards, "rewards").flatten(), "rewards")
         self._values.extend(r.tolist())
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "values": list(self._values)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.capacity = check_positive_int(state["capacity"], "capacity")
-        self._values = deque(state["values"], maxlen=self.capacity)
+        if not isinstance(state, dict) or set(state) != self.STATE_KEYS:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys {sorted(self.STATE_KEYS)}, got {got!r}")
+        capacity = check_positive_int(state["capacity"], "state['capacity']")
+        if capacity != self.capacity:
+            raise ValueError(f"state['capacity'] must equal this history's capacity {self.capacity}, got {capacity}")
+        raw = state["values"]
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, numbers.Real) for v in raw):
+            raise ValueError(f"state['values'] must be a list of real numbers, got {raw!r:.80}")
+        values = check_not_nan(torch.tensor(raw, dtype=torch.float64), "state['values']")
+        if len(raw) > capacity:
+            raise ValueError(f"state['values'] holds {len(raw)} rewards, more than the capacity {capacity}")
+        self._values = deque(values.tolist(), maxlen=capacity)
 
 
 # --------------------------------------------------------------------------------------------- pass@k policy credit
@@ -301,7 +340,7 @@ def pkpo_sloo_minus_one(rewards, k: int) -> torch.Tensor:
     With g sorted ascending and i its rank this collapses to [C(i−1,k−1)·g_(i) − Σ_{j<i} C(j−1,k−2)·g_(j)]/C(n,k).
     For k = 1 (no subset transform) it is the leave-one-out centred reward (g_i − mean_{j≠i} g_j)/n.
     """
-    g = as_float64(rewards, "rewards")
+    g = check_finite(as_float64(rewards, "rewards"), "rewards")
     if g.dim() != 2:
         raise ValueError(f"rewards must be a (prompts, rollouts) matrix, got shape {tuple(g.shape)}")
     m = g.shape[1]

@@ -20,7 +20,9 @@ best-of-n      E[max of n rewards]         pass@n SFT on the best target        
 Numerics: everything is evaluated in float64 in log space (log1mexp, lgamma binomials, logsumexp tails with the
 complementary tail above the pivot k/(n+1)); values and gradients stay finite for n ≤ 1024 and log p ≥ −1e4. The
 losses are differentiated through their closed form: their backward pass returns exactly −w_SFT, the weight
-functions below, so the gradient cannot drift from the weight.
+functions below, so the gradient cannot drift from the weight. The success probabilities f(p) are differentiated
+the same way (backward = w_RL = f′(p)), which keeps their gradients finite and exact at p = 0 and p = 1. The weight
+functions themselves are constants (their input is detached): a loss never differentiates through its weight.
 """
 
 from __future__ import annotations
@@ -67,6 +69,27 @@ def _log(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p)  # log 0 = −inf is a valid input to every *_from_logp function
 
 
+class _ClosedForm(torch.autograd.Function):
+    """y = value_fn(x) whose backward is exactly derivative_fn(x), both evaluated in float64.
+
+    Used for log f as a function of log p (derivative w_SFT) and for f as a function of p (derivative w_RL): the
+    gradient cannot drift from the weight, and it stays finite at the end points where autograd through the
+    log-space branches gives NaN (0·inf). Under ``create_graph=True`` the derivative is itself differentiated by
+    autograd, so second derivatives are correct too (inside (0, 1); only first derivatives are exact at the ends).
+    """
+
+    @staticmethod
+    def forward(ctx, x, value_fn, derivative_fn):
+        ctx.save_for_backward(x)
+        ctx.derivative_fn = derivative_fn
+        return value_fn(x.detach().to(torch.float64))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return (grad_out.to(torch.float64) * ctx.derivative_fn(x.to(torch.float64))).to(x.dtype), None, None
+
+
 # ----------------------------------------------------------------------------------------------------------- pass@n
 
 
@@ -94,11 +117,19 @@ def _passn_sft_weight_from_logp(log_p: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(tiny, torch.ones_like(log_p), torch.exp(log_w))
 
 
+def _passn_probability(p: torch.Tensor, n: int) -> torch.Tensor:
+    return -torch.expm1(xlogy(torch.tensor(float(n), dtype=torch.float64), torch.log1p(-p)))
+
+
+def _passn_rl_weight(p: torch.Tensor, n: int) -> torch.Tensor:
+    return n * torch.exp(xlogy(torch.tensor(float(n - 1), dtype=torch.float64), torch.log1p(-p)))
+
+
 def passn_probability(p, n: int) -> torch.Tensor:
-    """pass@n success probability 1 − (1−p)^n, computed as −expm1(n·log1p(−p))."""
+    """pass@n success probability 1 − (1−p)^n, computed as −expm1(n·log1p(−p)); its gradient is passn_rl_weight."""
     n = check_positive_int(n, "n")
     p = check_probability(p)
-    return -torch.expm1(xlogy(torch.tensor(float(n), dtype=torch.float64), torch.log1p(-p)))
+    return _ClosedForm.apply(p, lambda x: _passn_probability(x, n), lambda x: _passn_rl_weight(x, n))
 
 
 def passn_log_probability(log_p, n: int) -> torch.Tensor:
@@ -112,7 +143,7 @@ def passn_rl_weight(p, n: int) -> torch.Tensor:
     """pass@n RL weight f′(p) = n(1−p)^(n−1): N at p = 0, 0 at p = 1 (n > 1), ≡ 1 for n = 1."""
     n = check_positive_int(n, "n")
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    return n * torch.exp(xlogy(torch.tensor(float(n - 1), dtype=torch.float64), torch.log1p(-p)))
+    return _passn_rl_weight(p, n)
 
 
 def passn_sft_weight(p, n: int) -> torch.Tensor:
@@ -129,26 +160,8 @@ def passn_sft_weight_from_logp(log_p, n: int) -> torch.Tensor:
     return _passn_sft_weight_from_logp(log_p.detach().to(torch.float64), n)
 
 
-class _ClosedFormLogSuccess(torch.autograd.Function):
-    """log f(p) as a function of log p, whose backward is exactly w_SFT (∂log f/∂log p = w_SFT): the gradient
-    cannot drift from the weight and stays finite where autograd through the log-space branches gives NaN."""
-
-    @staticmethod
-    def forward(ctx, log_p, value_fn, weight_fn):
-        log_p64 = log_p.detach().to(torch.float64)
-        ctx.save_for_backward(log_p64)
-        ctx.weight_fn = weight_fn
-        ctx.in_dtype = log_p.dtype
-        return value_fn(log_p64)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (log_p64,) = ctx.saved_tensors
-        return (grad_out.to(torch.float64) * ctx.weight_fn(log_p64)).to(ctx.in_dtype), None, None
-
-
 def _passn_log_success(log_p: torch.Tensor, n: int) -> torch.Tensor:
-    return _ClosedFormLogSuccess.apply(
+    return _ClosedForm.apply(
         log_p, lambda lp: _passn_log_probability(lp, n), lambda lp: _passn_sft_weight_from_logp(lp, n)
     )
 
@@ -165,7 +178,7 @@ def passn_sft_loss(log_p, n: int, reduction: str = "mean") -> torch.Tensor:
 
 
 def _majority_log_success(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    return _ClosedFormLogSuccess.apply(
+    return _ClosedForm.apply(
         log_p, lambda lp: log_upper_tail(lp, n, k), lambda lp: _majority_sft_weight_from_logp(lp, n, k)
     )
 
@@ -178,12 +191,20 @@ def _majority_sft_weight_from_logp(log_p: torch.Tensor, n: int, k: int) -> torch
     return torch.exp(math.log(k) + log_binom(n, k) + xlogy(n_minus_k, log_q) - log_s)
 
 
+def _majority_rl_weight(p: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+    log_w = math.log(n) + log_binom(n - 1, k - 1) + xlogy(f64(k - 1), _log(p)) + xlogy(f64(n - k), torch.log1p(-p))
+    return torch.exp(log_w)
+
+
 def majority_probability(p, n: int, k: int) -> torch.Tensor:
-    """Fixed-threshold majority surrogate P[Binomial(n, p) ≥ k]; k = 1 is pass@n."""
+    """Fixed-threshold majority surrogate P[Binomial(n, p) ≥ k]; k = 1 is pass@n; gradient majority_rl_weight."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     p = check_probability(p)
-    return torch.exp(log_upper_tail(_log(p), n, k))
+    return _ClosedForm.apply(
+        p, lambda x: torch.exp(log_upper_tail(_log(x), n, k)), lambda x: _majority_rl_weight(x, n, k)
+    )
 
 
 def majority_log_probability(log_p, n: int, k: int) -> torch.Tensor:
@@ -199,9 +220,7 @@ def majority_rl_weight(p, n: int, k: int) -> torch.Tensor:
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
-    log_w = math.log(n) + log_binom(n - 1, k - 1) + xlogy(f64(k - 1), _log(p)) + xlogy(f64(n - k), torch.log1p(-p))
-    return torch.exp(log_w)
+    return _majority_rl_weight(p, n, k)
 
 
 def majority_sft_weight(p, n: int, k: int) -> torch.Tensor:
@@ -282,6 +301,7 @@ def weighted_policy_loss(logp, advantages, weights, reduction: str = "mean") -> 
     reduction = check_reduction(reduction)
     if not isinstance(logp, torch.Tensor):
         raise TypeError(f"logp must be a tensor, got {type(logp).__name__}")
+    logp = check_log_probability(logp, "logp")
     advantages = torch.as_tensor(advantages, dtype=logp.dtype)
     weights = torch.as_tensor(weights, dtype=logp.dtype)
     check_same_shape(logp=logp, advantages=advantages, weights=weights)

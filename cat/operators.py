@@ -58,7 +58,8 @@ class MajorityVote:
     """Majority vote over N samples with the fixed-threshold surrogate f(p) = P[Binomial(N, p) ≥ k].
 
     ``k=None`` means ⌊N/2⌋+1 at test time (``threshold``) and the per-prompt dynamic threshold in RL training,
-    where the trainer passes each prompt's ``k`` (``cat.estimators.dynamic_majority_k``).
+    where the trainer passes each prompt's ``k`` (``cat.estimators.dynamic_majority_k``). ``k`` shapes training
+    only; ``metric`` evaluates the real plurality vote, which has no threshold.
     """
 
     n: int
@@ -93,7 +94,12 @@ class MajorityVote:
     def metric(
         self, answer_keys: Sequence[Hashable | None], correct: Sequence[bool], samples: int | None = None, seed: int = 0
     ) -> estimators.MajorityEstimate:
-        """maj@N of one problem from its pool of answer keys and correctness flags (plurality vote)."""
+        """maj@N of one problem: plurality-vote accuracy over size-N subsets of its pool (``majority_at_k``, k = N).
+
+        The test-time strategy is a plurality vote, which has no threshold, so this metric deliberately ignores
+        ``self.k``/``threshold``: they only set the training surrogate P[Bin(N, p) ≥ k]. ``samples`` and ``seed``
+        drive the Monte Carlo estimate used only when the pool has more than 200 000 size-N subsets.
+        """
         return estimators.majority_at_k(answer_keys, correct, self.n, samples=samples, seed=seed)
 
 

@@ -45,5 +45,30 @@ def test_empirical_distribution_of_p_hat():
     got = alignment_coefficient(lambda p: passn_rl_weight(p, 4), lambda p: passn_rl_weight(p, 8), p=p_hat)
     a, b = passn_rl_weight(p_hat, 4), passn_rl_weight(p_hat, 8)
     assert got.coefficient == pytest.approx(float((a * b).sum() / (a.norm() * b.norm())), rel=1e-12)
-    with pytest.raises(ValueError, match=r"p must be a non-empty sample of probabilities"):
-        alignment_coefficient(lambda p: p, lambda p: p, p=torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"p": torch.tensor([1.5])}, r"p must lie in \[0, 1\], got 1.5"),
+        ({"p": torch.tensor([0.2, float("nan")])}, r"p must lie in \[0, 1\], got nan"),
+        ({"p": torch.empty(0)}, r"p must be a non-empty 1-D sample of probabilities, got shape \(0,\)"),
+        ({"p": torch.full((2, 3), 0.5)}, r"p must be a non-empty 1-D sample .* got shape \(2, 3\)"),
+        ({"p": torch.tensor(0.5)}, r"p must be a non-empty 1-D sample .* got shape \(\)"),
+        ({"grid": 0}, r"grid must be a positive int, got 0"),
+        ({"tolerance": 1.0}, r"tolerance must be a number in \[0, 1\), got 1.0"),
+        ({"tolerance": float("nan")}, r"tolerance must be a number in \[0, 1\), got nan"),
+        ({"train": lambda p: p - 0.5}, r"train_weight\(p\) must be finite and >= 0, got -0.4.* at p=0.1"),
+        ({"test": lambda p: torch.where(p > 0.5, torch.nan, p)}, r"test_weight\(p\) must be finite and >= 0, got nan"),
+        ({"train": lambda p: torch.tensor(1.0)}, r"train_weight\(p\) must return one weight per point, shape \(3,\)"),
+        ({"test": lambda p: torch.zeros_like(p)}, r"test_weight\(p\) is zero at every point"),
+    ],
+)
+def test_alignment_validation(kwargs, match):
+    p = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    kwargs = {"train": lambda p: p, "test": lambda p: 1 - p, "p": p, **kwargs}
+    if "grid" in kwargs:
+        kwargs.pop("p")
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        alignment_coefficient(kwargs.pop("train"), kwargs.pop("test"), **kwargs)
+    assert "\n" not in str(info.value)

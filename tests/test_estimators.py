@@ -85,15 +85,33 @@ def test_majority_tie_goes_to_first_occurrence_and_none_never_wins():
     assert est.majority_at_k([None, None], [False, False], 1).value == 0.0
 
 
-def test_majority_monte_carlo_agrees_with_exact_within_its_error():
-    rng = random.Random(3)
-    keys = [rng.choice("abcd") for _ in range(24)]
+def test_majority_monte_carlo_matches_the_hypergeometric_value_above_the_limit():
+    """Two answers and an odd k: plurality = more than k/2 "a" votes, a hypergeometric tail (no ties possible)."""
+    n_a, n_b, k = 22, 18, 21
+    assert math.comb(n_a + n_b, k) > est.EXACT_SUBSET_LIMIT
+    keys = ["a"] * n_a + ["b"] * n_b
+    random.Random(3).shuffle(keys)
     correct = [key == "a" for key in keys]
-    exact = est.majority_at_k(keys, correct, 6)
-    mc = est.majority_at_k(keys, correct, 6, samples=4000, seed=7)
-    assert not mc.exact and mc.stderr > 0
-    assert abs(mc.value - exact.value) < 4 * mc.stderr
-    assert est.majority_at_k(keys, correct, 6, samples=4000, seed=7) == mc  # seeded
+    exact = float(
+        sum(Fraction(math.comb(n_a, a) * math.comb(n_b, k - a)) for a in range(k // 2 + 1, k + 1))
+        / math.comb(n_a + n_b, k)
+    )
+    mc = est.majority_at_k(keys, correct, k, samples=4000, seed=7)
+    assert not mc.exact
+    assert abs(mc.value - exact) < 4 * mc.stderr
+    assert mc.stderr == pytest.approx(math.sqrt(exact * (1 - exact) / 4000), rel=0.05)  # the binomial error
+    assert est.majority_at_k(keys, correct, k, samples=4000, seed=7) == mc  # seeded
+    assert est.majority_at_k(keys, correct, k, samples=4000, seed=8) != mc
+
+
+def test_majority_samples_only_matter_when_enumeration_does_not_fit():
+    rng = random.Random(6)
+    keys = [rng.choice(["a", "b", "c", None]) for _ in range(24)]
+    correct = [key == "a" for key in keys]
+    assert math.comb(24, 6) <= est.EXACT_SUBSET_LIMIT
+    got = est.majority_at_k(keys, correct, 6, samples=50, seed=1)
+    assert got == est.majority_at_k(keys, correct, 6) and got.exact and got.stderr == 0.0
+    assert got.value == pytest.approx(float(brute_majority(keys, correct, 6)), abs=1e-15)
 
 
 def test_majority_switches_to_monte_carlo_above_the_enumeration_limit():
@@ -108,6 +126,19 @@ def test_majority_validation():
         est.majority_at_k(["a"], [True, False], 1)
     with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= n=2, got k=3"):
         est.majority_at_k(["a", "b"], [True, False], 3)
+    with pytest.raises(ValueError, match=r"correct must hold booleans or 0/1, got 0.5 at index 1"):
+        est.majority_at_k(["a", "b"], [True, 0.5], 1)
+    # one Monte Carlo sample has no standard error: refused even when enumeration would not need it
+    keys = ["a"] * 30 + ["b"] * 10
+    for samples in (1, 0):
+        with pytest.raises(ValueError, match=rf"samples must be .*got (samples=)?{samples}"):
+            est.majority_at_k(keys, [key == "a" for key in keys], 20, samples=samples)
+    with pytest.raises(ValueError, match=r"samples must be >= 2 .* got samples=1"):
+        est.majority_at_k(["a", "b"], [True, False], 1, samples=1)
+    with pytest.raises(TypeError, match=r"seed must be an int, got 1.5"):
+        est.majority_at_k(["a", "b"], [True, False], 1, seed=1.5)
+    two = est.majority_at_k(keys, [key == "b" for key in keys], 20, samples=2)
+    assert math.isfinite(two.stderr) and not two.exact
 
 
 # ---------------------------------------------------------------------------------------------------- best-of-k
@@ -127,8 +158,11 @@ def test_best_of_k_expected_matches_brute_force():
 def test_best_of_k_validation():
     with pytest.raises(ValueError, match=r"n >= k rewards, got n=2 < k=3"):
         est.best_of_k_expected([1.0, 2.0], 3)
-    with pytest.raises(ValueError, match="NaN"):
-        est.best_of_k_expected([1.0, float("nan")], 1)
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match=rf"rewards must be finite, got {bad}"):
+            est.best_of_k_expected([1.0, float(bad)], 1)
+    with pytest.raises(ValueError, match=r"rewards must be 1-D \(one problem's pool\), got shape \(2, 2\)"):
+        est.best_of_k_expected([[1.0, 2.0], [3.0, 4.0]], 1)
 
 
 # -------------------------------------------------------------------------------------------- p̂ and dynamic k
@@ -144,6 +178,21 @@ def test_probability_estimators():
     assert est.length_normalized(torch.tensor([-4.0]), torch.tensor([8])).tolist() == pytest.approx([math.exp(-0.5)])
     with pytest.raises(ValueError, match=r"lengths must be >= 1, got 0.0"):
         est.length_normalized(torch.tensor([-1.0]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: est.sequence(torch.tensor([-1.0, float("nan")])), r"logp_sum must not contain NaN, got nan"),
+        (lambda: est.length_normalized([float("nan")], [3]), r"logp_sum must not contain NaN, got nan"),
+        (lambda: est.length_normalized([-1.0], [float("nan")]), r"lengths must be >= 1, got nan"),
+        (lambda: est.length_normalized([-1.0, -2.0], [3]), r"shapes must match .* logp_sum=\(2,\), lengths=\(1,\)"),
+        (lambda: est.empirical(torch.tensor([[0.5, 1.0]])), r"correct must hold 0/1 or booleans, got 0.5"),
+    ],
+)
+def test_probability_estimators_refuse_nan_and_mismatched_shapes(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
 
 
 def test_dynamic_k_table_from_the_definition():
@@ -162,6 +211,13 @@ def test_dynamic_k_counts_the_largest_wrong_cluster_and_pools_unparsed():
     assert est.dynamic_majority_k(keys, correct, 16) == (16 * 3) // 8 + 1  # the three None form one wrong cluster
     with pytest.raises(ValueError, match=r"needs n >= 2, got n=1"):
         est.dynamic_majority_k(keys, correct, 1)
+
+
+def test_dynamic_k_refuses_an_unparsed_answer_flagged_correct():
+    with pytest.raises(ValueError, match=r"unparsed answer \(answer_keys\[1\] is None\) as correct"):
+        est.dynamic_majority_k(["5", None, "7"], [True, True, False], 8)
+    with pytest.raises(ValueError, match=r"correct must hold booleans or 0/1, got 'yes' at index 0"):
+        est.dynamic_majority_k(["5"], ["yes"], 8)
 
 
 # ------------------------------------------------------------------------------------------------- quantiles
@@ -183,9 +239,43 @@ def test_reward_history_is_a_fifo_queried_before_append():
     assert h.state_dict() == before  # querying never mutates
     h.append([4.0])  # capacity 3: the oldest (1.0) leaves
     assert h.state_dict()["values"] == [2.0, 3.0, 4.0]
-    clone = est.RewardHistory(10)
+    clone = est.RewardHistory(3)
     clone.load_state_dict(h.state_dict())
     assert clone.quantiles(torch.tensor([3.5])).tolist() == h.quantiles(torch.tensor([3.5])).tolist()
+    clone.append([5.0])  # the restored FIFO keeps its capacity
+    assert clone.state_dict()["values"] == [3.0, 4.0, 5.0]
+
+
+def test_reward_history_refuses_nan():
+    h = est.RewardHistory(capacity=4)
+    h.append([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"rewards must not contain NaN, got nan"):
+        h.quantiles(torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match=r"rewards must not contain NaN, got nan"):
+        h.append([3.0, float("nan")])
+    assert h.state_dict()["values"] == [1.0, 2.0]  # a refused batch leaves no trace
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ({"capacity": 4}, r"state must be a dict with keys \['capacity', 'values'\], got \['capacity'\]"),
+        ({"capacity": 4, "values": [], "extra": 1}, r"got \['capacity', 'extra', 'values'\]"),
+        ([4, []], r"state must be a dict .* got 'list'"),
+        ({"capacity": 0, "values": []}, r"state\['capacity'\] must be a positive int, got 0"),
+        ({"capacity": 5, "values": []}, r"must equal this history's capacity 4, got 5"),
+        ({"capacity": 4, "values": [1.0, float("nan")]}, r"state\['values'\] must not contain NaN, got nan"),
+        ({"capacity": 4, "values": [1.0, "2"]}, r"state\['values'\] must be a list of real numbers"),
+        ({"capacity": 4, "values": "1234"}, r"state\['values'\] must be a list of real numbers, got '1234'"),
+        ({"capacity": 4, "values": [1.0] * 5}, r"holds 5 rewards, more than the capacity 4"),
+    ],
+)
+def test_reward_history_load_state_dict_validates(state, match):
+    h = est.RewardHistory(capacity=4)
+    h.append([7.0])
+    with pytest.raises((ValueError, TypeError), match=match):
+        h.load_state_dict(state)
+    assert h.state_dict() == {"capacity": 4, "values": [7.0]}  # untouched
 
 
 def test_reward_history_clamps():
@@ -226,6 +316,13 @@ def test_pkpo_sloo_minus_one_matches_its_definition_by_enumeration():
                 assert float(s[i]) == pytest.approx(total / len(subsets), abs=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_pkpo_sloo_minus_one_refuses_non_finite_rewards(k, bad):
+    with pytest.raises(ValueError, match=rf"rewards must be finite, got {bad}"):
+        est.pkpo_sloo_minus_one(torch.tensor([[0.0, float(bad), 1.0]]), k)
+
+
 def test_pkpo_sloo_minus_one_with_k1_is_leave_one_out_centring():
     g = torch.tensor([[1.0, 2.0, 6.0]])
     assert est.pkpo_sloo_minus_one(g, 1).tolist()[0] == pytest.approx([(1 - 4) / 3, (2 - 3.5) / 3, (6 - 1.5) / 3])
@@ -251,5 +348,5 @@ def test_group_estimators_validate_k_and_shapes():
         est.pkpo_binary_credit(torch.zeros(2, 4), 5)
     with pytest.raises(ValueError, match=r"\(prompts, rollouts\) matrix, got shape \(4,\)"):
         est.passk_training_advantage(torch.zeros(4), 2)
-    with pytest.raises(ValueError, match="0/1 or booleans"):
-        est.empirical(torch.tensor([[0.5, 1.0]]))
+    with pytest.raises(ValueError, match=r"0/1 or booleans, got 2"):
+        est.pkpo_binary_credit(torch.tensor([[2, 1]]), 1)

@@ -183,6 +183,44 @@ def test_weight_equals_numerical_derivative_of_log_success():
             assert float(obj.majority_sft_weight_from_logp(lp, n, k)) == pytest.approx(float(deriv), rel=1e-10)
 
 
+@pytest.mark.parametrize("n", [1, 2, 8])
+@pytest.mark.parametrize("p0", [0.0, 1.0])
+def test_success_probability_gradient_is_exact_at_the_end_points(n, p0):
+    """df/dp at p ∈ {0, 1} equals the RL weight evaluated with exact integers (Python's 0**0 = 1)."""
+    for k in sorted({1, n}):
+        p = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(obj.majority_probability(p, n, k), p)
+        expected = n * math.comb(n - 1, k - 1) * int(p0) ** (k - 1) * (1 - int(p0)) ** (n - k)
+        assert float(grad) == pytest.approx(expected, rel=1e-14), (n, k)
+    p = torch.tensor(p0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(obj.passn_probability(p, n), p)
+    assert float(grad) == n * (1 - int(p0)) ** (n - 1)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (2, 2), (8, 1), (8, 3), (8, 8), (64, 26)])
+def test_success_probability_gradient_matches_finite_differences(n, k):
+    p = torch.tensor([1e-3, 0.2, 0.5, 0.8, 0.999], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: obj.majority_probability(x, n, k), (p,))
+    assert torch.autograd.gradcheck(lambda x: obj.passn_probability(x, n), (p,))
+
+
+def test_second_derivatives_differentiate_the_weight():
+    """create_graph=True differentiates the closed-form backward: d²f/dp² = f″, d²log f/d(log p)² = dw_SFT/dlog p."""
+    p = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(obj.passn_probability(p, 4).sum(), p, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), p)
+    assert float(second) == pytest.approx(-4 * 3 * 0.7**2, rel=1e-13)
+    h = mpmath.mpf("1e-15")
+    for lp in (-4.0, -0.3):
+        log_p = torch.tensor([lp], dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(obj.majority_log_probability(log_p, 8, 3).sum(), log_p, create_graph=True)
+        (second,) = torch.autograd.grad(grad.sum(), log_p)
+        log_f = lambda x: mpmath.log(ref_tail(mpmath.exp(x), 8, 3))  # noqa: E731
+        x = mpmath.mpf(lp)
+        expected = (log_f(x + h) - 2 * log_f(x) + log_f(x - h)) / h**2
+        assert float(second) == pytest.approx(float(expected), rel=1e-8)
+
+
 def test_weights_are_constants():
     p = torch.tensor([0.2, 0.7], dtype=torch.float64, requires_grad=True)
     for w in (obj.passn_sft_weight(p, 4), obj.passn_rl_weight(p, 4), obj.majority_sft_weight(p, 8, 3),
@@ -315,6 +353,14 @@ def test_weighted_policy_loss_detaches_advantage_and_weight():
             lambda: obj.weighted_policy_loss(torch.zeros(2), torch.tensor([0.0, float("nan")]), torch.ones(2)),
             r"advantages must be finite, got nan at index \(1,\)",
         ),
+        (
+            lambda: obj.weighted_policy_loss(torch.tensor([float("nan")]), torch.ones(1), torch.ones(1)),
+            r"logp must be a log-probability .* got nan",
+        ),
+        (
+            lambda: obj.weighted_policy_loss(torch.tensor([0.5]), torch.ones(1), torch.ones(1)),
+            r"logp must be a log-probability .* got 0.5",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_argument_and_value(call, match):
@@ -326,9 +372,10 @@ def test_bad_input_is_a_one_line_error_naming_argument_and_value(call, match):
 @pytest.mark.parametrize("n,k", [(1, 1), (8, 1), (8, 3), (8, 8), (1024, 2), (1024, 513)])
 def test_log_success_gradient_is_the_weight_and_finite_at_the_ends(n, k):
     """d log f / d log p = w_SFT for the public log-probabilities too, finite from log p = −1e4 up to log p = 0."""
-    log_p = torch.tensor([-1e4, -50.0, -3.0, -0.5, -1e-3, 0.0], dtype=torch.float64, requires_grad=True)
+    log_p = torch.tensor([-math.inf, -1e4, -50.0, -3.0, -0.5, -1e-3, 0.0], dtype=torch.float64, requires_grad=True)
     obj.majority_log_probability(log_p, n, k).sum().backward()
     assert torch.isfinite(log_p.grad).all()
+    assert float(log_p.grad[0]) == pytest.approx(k, rel=1e-13)  # the p → 0 limit of the weight
     assert torch.equal(log_p.grad, obj.majority_sft_weight_from_logp(log_p, n, k))
     if k == 1:
         log_p.grad = None

@@ -41,6 +41,19 @@ def test_majority_vote_thresholds():
     assert MajorityVote(3).metric(keys, correct) == est.majority_at_k(keys, correct, 3)
 
 
+def test_majority_vote_metric_is_the_plurality_vote_whatever_the_training_threshold():
+    """k only shapes the training surrogate; maj@N is the plurality vote over N samples (brute force here)."""
+    keys, correct = ["a", "b", "b", "a", "c"], [True, False, False, True, False]
+    subsets = list(itertools.combinations(range(5), 3))
+    wins = 0
+    for s in subsets:
+        votes = [keys[i] for i in s]
+        top = max(votes.count(v) for v in votes)
+        wins += correct[s[next(j for j, v in enumerate(votes) if votes.count(v) == top)]]
+    for k in (None, 1, 2, 3):
+        assert MajorityVote(3, k).metric(keys, correct).value == pytest.approx(wins / len(subsets), abs=1e-15)
+
+
 def test_best_of_n_uses_rank_weights_and_refuses_the_log_form():
     op = BestOfN(4)
     assert torch.equal(op.rl_weight(P), obj.best_of_n_rl_weight(P, 4))
