@@ -1,7 +1,7 @@
 """Measure SmolLM2-135M-Instruct's per-problem success probability on `arithmetic` at several difficulties.
 
 The default difficulty of the task is chosen from this table: it should spread p̂ over (0, 1), not pile it at 0 or 1.
-Usage: python benchmarks/arithmetic_difficulty.py [--problems 40] [--samples 16] [--configs "1,2,+" "2,2,+"]
+Usage: python benchmarks/arithmetic_difficulty.py [--problems 40] [--samples 16] [--configs "1,2,+" "2,2,+" "2,2,+,29"]
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--configs", nargs="+", default=["1,2,+", "2,2,+", "1,3,+"], help="digits,terms,operators")
+    parser.add_argument("--configs", nargs="+", default=["1,2,+", "2,2,+", "1,3,+"], help="digits,terms,operators[,max_operand]")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_pretrained("smollm2-135m-instruct", dtype="float32", load_in_4bit=False)
     print(f"{'digits,terms,ops':>16} {'mean p̂':>7} {'pass@1':>7} {'pass@8':>7} {'p̂=0':>5} {'p̂=1':>5} {'0<p̂<1':>7} {'s':>5}")
     for config in args.configs:
-        digits, terms, ops = config.split(",")
-        task = load_task("arithmetic", split="test", size=args.problems, seed=1, digits=int(digits), terms=int(terms), operators=ops)
+        digits, terms, ops, *largest = config.split(",")
+        task = load_task("arithmetic", split="test", size=args.problems, seed=1, digits=int(digits), terms=int(terms),
+                         operators=ops, max_operand=int(largest[0]) if largest else None)
         t0 = time.perf_counter()
         counts = success_rates(model, tokenizer, task, args.samples, args.max_new_tokens, args.temperature)
         n = args.samples

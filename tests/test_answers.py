@@ -51,6 +51,7 @@ def test_answer_keys_are_canonical():
         (r"\text{Evelyn}", r"\text{Evelyn}", True),
         (None, "1", False),
         (r"\frac{", "1", False),  # malformed: not equal, never a crash
+        ("$ $", r"\,", False),  # LaTeX noise answers nothing, even against an equally empty gold
     ],
 )
 def test_equivalence(pred, gold, equal):

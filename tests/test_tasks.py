@@ -27,6 +27,14 @@ def test_arithmetic_is_seeded_and_answers_are_right():
         assert p.answer == str(total)
 
 
+def test_max_operand_bounds_every_operand():
+    task = load_task("arithmetic", split="test", size=200, seed=0, digits=2, max_operand=31)
+    operands = [int(x) for p in task.problems for x in p.prompt.split("What is ")[1].split("?")[0].split(" + ")]
+    assert max(operands) == 31 and min(operands) == 0
+    assert all(int(p.answer) == sum(int(x) for x in p.prompt.split("What is ")[1].split("?")[0].split(" + "))
+               for p in task.problems)
+
+
 def test_arithmetic_splits_are_disjoint_for_any_seed():
     train = {p.prompt for s in range(3) for p in load_task("arithmetic", split="train", size=300, seed=s, digits=2).problems}
     test = {p.prompt for s in range(3) for p in load_task("arithmetic", split="test", size=300, seed=s, digits=2).problems}
@@ -63,6 +71,7 @@ def test_math_datasets_from_local_jsonl(shared_data_dir):
         ({"name": "arithmetic", "digits": 0}, ValueError, r"task.digits must be a positive int, got 0"),
         ({"name": "arithmetic", "operators": "/"}, ValueError, r"task.operators .* got '/'"),
         ({"name": "arithmetic", "size": 500, "digits": 1}, ValueError, r"task.size=500 exceeds the 80 distinct"),
+        ({"name": "arithmetic", "max_operand": 0}, ValueError, r"task.max_operand must be a positive int, got 0"),
         ({"name": "gsm8k", "split": "test", "data_dir": "/nonexistent"}, FileNotFoundError, r"task.data_dir: .*gsm8k/test.jsonl"),
         ({"name": "math500", "split": "train", "data_dir": "/tmp"}, ValueError, r"task.split for math500 .* got 'train'"),
         ({"name": "gsm8k", "split": "test", "digits": 2}, ValueError, r"unknown option\(s\) for task 'gsm8k'"),

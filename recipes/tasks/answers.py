@@ -98,7 +98,10 @@ def answers_equivalent(pred: str | None, gold: str) -> bool:
     a, b = as_number(pred), as_number(gold)
     if a is not None and b is not None:
         return abs(a - b) <= NUMERIC_TOLERANCE * max(1.0, abs(b))
-    if answer_key(pred) == answer_key(gold):
+    key = answer_key(pred)
+    if key is None:  # only LaTeX noise: nothing was answered (and it must not match an equally empty gold)
+        return False
+    if key == answer_key(gold):
         return True
     try:
         return _math_verify_equal(pred, gold)

@@ -38,13 +38,21 @@ def load_arithmetic(
     digits: int = DEFAULTS["digits"],
     terms: int = DEFAULTS["terms"],
     operators: str = DEFAULTS["operators"],
+    max_operand: int | None = None,
 ) -> Task:
-    """``size`` problems (default 200) with ``terms`` operands of up to ``digits`` digits joined by ``operators``."""
+    """``size`` problems (default 200) with ``terms`` operands in [0, max_operand] joined by ``operators``.
+
+    ``max_operand`` defaults to the largest ``digits``-digit number; setting it gives difficulties between whole
+    digit counts (and problem sets large enough for a held-out split of hundreds of problems).
+    """
     if split not in SPLITS:
         raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
     for name, value in (("digits", digits), ("terms", terms)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"task.{name} must be a positive int, got {value!r}")
+    if max_operand is not None and (isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1):
+        raise ValueError(f"task.max_operand must be a positive int, got {max_operand!r}")
+    largest = 10**digits - 1 if max_operand is None else max_operand
     if terms < 2:
         raise ValueError(f"task.terms must be >= 2, got {terms!r}")
     if not operators or set(operators) - set(OPERATORS):
@@ -60,7 +68,7 @@ def load_arithmetic(
     for _attempt in range(100 * size + 10_000):
         if len(problems) == size:
             break
-        operands = [rng.randrange(10**digits) for _ in range(terms)]
+        operands = [rng.randrange(largest + 1) for _ in range(terms)]
         ops = [rng.choice(ops_alphabet) for _ in range(terms - 1)]
         expression = " ".join(f"{x} {o}" for x, o in zip(operands, ops)) + f" {operands[-1]}"
         if expression in seen or split_of(expression) != split:
@@ -76,6 +84,6 @@ def load_arithmetic(
     if len(problems) < size:
         raise ValueError(
             f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
-            f"terms={terms}; raise task.digits or task.terms"
+            f"terms={terms}, max_operand={largest}; raise task.digits, task.max_operand or task.terms"
         )
     return Task("arithmetic", problems)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from recipes.tasks.base import Problem, Task
@@ -50,6 +51,13 @@ def _gold(name: str, row: dict) -> str:
     return row["answer"]
 
 
+def _solution(name: str, row: dict) -> str | None:
+    if name == "gsm8k":  # "...<<48/2=24>>24 ... #### 72": drop calculator annotations, box the final answer
+        work, _, final = row["answer"].rpartition("####")
+        return re.sub(r"<<[^>]*>>", "", work).strip() + f"\nThe answer is \\boxed{{{final.strip()}}}."
+    return row.get("solution")
+
+
 def load_math_dataset(
     name: str,
     *,
@@ -73,11 +81,13 @@ def load_math_dataset(
         gold = _gold(name, row)
         if not gold.strip():  # two MATH rows have an empty \boxed{}: nothing to check against
             continue
-        problems.append(Problem(row.get("unique_id") or f"{name}-{split}-{i:05d}", template.replace("{problem}", row[text_field]), gold))
+        problem_id = row.get("unique_id") or f"{name}-{split}-{i:05d}"
+        prompt = template.replace("{problem}", row[text_field])
+        problems.append(Problem(problem_id, prompt, gold, _solution(name, row)))
     if not problems:
         raise ValueError(f"task {name!r} (split {split!r}, levels {levels}) has no problems")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"task.size must be a positive int, got {size!r}")
         problems = random.Random(seed).sample(problems, min(size, len(problems)))
-    return Task(name, problems)
+    return Task(name, problems, answer_template="\\boxed{{answer}}")
