@@ -1,0 +1,87 @@
+"""Sample scorers for best-of-k selection: the verifier and verifier-free / reward-model alternatives.
+
+- ``oracle``: the task verifier, 1.0 if correct else 0.0 (best-of-k under it is pass@k).
+- ``self_certainty``: mean over generated tokens of KL(U ‖ p_t) (Kang et al. 2025), higher = more confident.
+- ``mean_logprob``: mean log p(y_t | y_<t) of the generated tokens.
+- ``reward_model:ID``: the scalar logit of a Hugging Face ``AutoModelForSequenceClassification`` (num_labels = 1)
+  applied to the chat-templated prompt + completion.
+
+Weighted majority vote sums a non-negative *vote weight* per answer, so each score is mapped to one
+(``vote_weights``): oracle and self-certainty (a KL divergence, ≥ 0) as they are, ``mean_logprob`` → exp(mean log p)
+(the geometric-mean token probability), ``reward_model`` → sigmoid(logit) (the Bradley–Terry probability of being
+preferred over a reference of logit 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from pot.sampling import Sample
+
+SCORERS = ("oracle", "self_certainty", "mean_logprob", "reward_model:ID")
+
+
+def check_scorer(spec: str) -> str:
+    """Validate a scorer name (``reward_model:`` needs a non-empty model id/path)."""
+    if spec in SCORERS[:3] or (isinstance(spec, str) and spec.startswith("reward_model:") and len(spec) > 13):
+        return spec
+    raise ValueError(f"scorer must be one of {SCORERS}, got {spec!r}")
+
+
+class RewardModelScorer:
+    """Scores (prompt, completion) pairs with a sequence-classification reward model's single logit."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        if model.config.num_labels != 1:
+            raise ValueError(f"reward model must have num_labels=1, got {model.config.num_labels}")
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @classmethod
+    def from_pretrained(cls, model_id: str) -> "RewardModelScorer":
+        return cls(AutoModelForSequenceClassification.from_pretrained(model_id), AutoTokenizer.from_pretrained(model_id))
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, completions: list[str]) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(completions), self.batch_size):
+            texts = [prompt + c for c in completions[start : start + self.batch_size]]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.model.device)
+            scores += self.model(**enc).logits[:, 0].float().tolist()
+        return scores
+
+
+def score_samples(scorer: str, samples: list[Sample], correct: list[bool], prompt: str,
+                  reward_model: RewardModelScorer | None = None) -> list[float]:
+    """One score per sample under ``scorer`` (higher is better)."""
+    if scorer == "oracle":
+        return [float(c) for c in correct]
+    if scorer == "self_certainty":
+        return [s.self_certainty for s in samples]
+    if scorer == "mean_logprob":
+        return [s.logprob_mean for s in samples]
+    check_scorer(scorer)
+    if reward_model is None:
+        raise ValueError(f"scorer {scorer!r} needs a loaded RewardModelScorer, got None")
+    return reward_model(prompt, [s.text for s in samples])
+
+
+def vote_weights(scorer: str, scores: list[float]) -> list[float]:
+    """Non-negative weighted-majority vote weight of each sample's ``scorer`` score (see the module docstring)."""
+    for score in scores:
+        if not math.isfinite(score):
+            raise ValueError(f"weighted majority needs finite {scorer!r} scores, got {score!r}")
+    if scorer == "oracle":
+        return list(scores)
+    if scorer == "self_certainty":
+        return [max(s, 0.0) for s in scores]  # a KL ≥ 0; rounding leaves near-uniform steps a hair below 0
+    if scorer == "mean_logprob":
+        return [math.exp(s) for s in scores]
+    check_scorer(scorer)
+    return [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in scores]

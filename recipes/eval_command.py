@@ -1,0 +1,380 @@
+"""``catpot eval`` and ``catpot compare``: scaling curves of a model/checkpoint on a task, with CIs and compute.
+
+``results.json`` schema::
+
+    {"config": {...the evaluation config...}, "model": str, "task": str, "n": int, "num_problems": int,
+     "scorer": str,
+     "curves": {strategy: [{"k", "value", "ci_low", "ci_high", "mc_stderr", "generated_tokens", "forward_tokens",
+                            "backward_tokens", "flops", "wall_time"}]},
+     "unparsed": {strategy: count of unparsable sample answers (scored wrong)}}
+
+Strategies: ``pass`` (pass@k), ``maj`` (maj@k), ``wmaj`` (weighted maj@k: the ``scorer``'s vote weights summed per
+answer), ``avg`` (avg@k), ``bon`` (best-of-k under ``scorer``), and ``pot``
+which adds one curve ``pot@u`` per update budget u (k = 1: PoT alone; k > 1: oracle best-of-k over ``pot_runs`` PoT
+runs; its compute includes the PoT backward tokens); see ``pot.evaluation`` for the formulas. ``records.jsonl`` next to it holds every sample (see ``pot.records``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pot.evaluation import (STRATEGIES, check_ks, curves, paired_bootstrap, pot_curves, problem_values,
+                            unparsed_counts)
+from pot.records import RecordsFile, read_records
+from pot.sampling import BACKENDS, SamplingConfig, sample
+from pot.scorers import RewardModelScorer, check_scorer, score_samples
+
+
+@dataclass
+class EvalConfig:
+    """The ``eval`` section of a recipe / the flags of ``catpot eval``."""
+
+    n: int = 64
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    strategies: list[str] = field(default_factory=lambda: ["pass", "maj", "bon"])
+    scorer: str = "oracle"
+    backend: str = "hf"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    prompts_per_batch: int = 4
+    cache: str = "dynamic"  # "static": fixed-shape KV cache for the hf sampler (pot.sampling)
+    compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
+    pot_updates: list[int] = field(default_factory=lambda: [0, 4, 8, 16])
+    pot_runs: int = 4  # PoT runs per problem and budget (best-of-k over them, k <= pot_runs)
+    pot_segment_tokens: int = 128  # tokens generated between two adapter updates
+
+    def __post_init__(self) -> None:
+        self.ks = check_ks(list(self.ks), self.n)
+        for strategy in self.strategies:
+            if strategy not in (*STRATEGIES, "pot"):
+                raise ValueError(f"eval.strategies must be from {(*STRATEGIES, 'pot')}, got {strategy!r}")
+        for budget in self.pot_updates:
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+                raise ValueError(f"eval.pot_updates must hold ints >= 0, got {budget!r}")
+        if isinstance(self.pot_runs, bool) or not isinstance(self.pot_runs, int) or self.pot_runs < 1:
+            raise ValueError(f"eval.pot_runs must be a positive int, got {self.pot_runs!r}")
+        check_scorer(self.scorer)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"eval.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "vllm" and "pot" in self.strategies:
+            raise ValueError("eval.strategies 'pot' needs eval.backend 'hf' (PoT updates adapter weights in torch), "
+                             "got backend 'vllm'")
+        if self.backend == "vllm" and self.scorer == "self_certainty":
+            raise ValueError("eval.scorer 'self_certainty' needs eval.backend 'hf' (vLLM returns no full "
+                             "next-token distributions), got backend 'vllm'")
+        self.sampling()  # validates the sampling fields (cache, compile, temperature, ...)
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n=self.n, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_p=self.top_p, seed=self.seed, prompts_per_batch=self.prompts_per_batch,
+                              backend=self.backend, cache=self.cache, compile=self.compile)
+
+
+def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
+                   model_name: str = "model", num_parameters: int | None = None) -> dict:
+    """Sample, score and record every problem of ``task`` (resuming ``out_dir/records.jsonl``); write results.json.
+
+    ``model`` is a transformers model, or a ``vllm.LLM`` with ``eval_cfg.backend == "vllm"`` (then pass
+    ``num_parameters``, which FLOPs need; by default it is counted from ``model.parameters()``).
+    """
+    if not task.problems:
+        raise ValueError(f"task {task.name!r} has no problems")
+    out = Path(out_dir)
+    sampling = eval_cfg.sampling()
+    identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
+                "problem_ids": [p.id for p in task.problems]}
+    identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
+    identity["pot"] = "pot" in eval_cfg.strategies
+    records = RecordsFile(out / "records.jsonl", identity)
+    reward_model = None
+    if eval_cfg.scorer.startswith("reward_model:"):
+        reward_model = RewardModelScorer.from_pretrained(eval_cfg.scorer.split(":", 1)[1])
+    problems = task.problems
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        progress = bar.add_task(f"eval {model_name} on {task.name}", total=len(problems),
+                                completed=sum(p.id in records.done for p in problems))
+        for start in range(0, len(problems), eval_cfg.prompts_per_batch):
+            todo = [p for p in problems[start : start + eval_cfg.prompts_per_batch] if p.id not in records.done]
+            if todo:
+                _evaluate_batch(model, tokenizer, task, todo, eval_cfg, records, reward_model)
+                bar.advance(progress, len(todo))
+    ordered = [records.done[p.id] for p in problems]
+    if num_parameters is None:
+        num_parameters = sum(p.numel() for p in model.parameters())
+    sampled = [s for s in eval_cfg.strategies if s != "pot"]
+    results = {"config": asdict(eval_cfg), "model": model_name, "task": task.name, "n": eval_cfg.n,
+               "num_problems": len(ordered), "scorer": eval_cfg.scorer,
+               "curves": curves(ordered, sampled, eval_cfg.ks, eval_cfg.scorer, num_parameters, eval_cfg.seed),
+               "unparsed": unparsed_counts(ordered, sampled)}
+    if "pot" in eval_cfg.strategies:
+        pot = pot_curves(ordered, [k for k in eval_cfg.ks if k <= eval_cfg.pot_runs], eval_cfg.seed)
+        results["curves"].update(pot)
+        results["unparsed"].update({name: sum(run["answer_key"] is None for r in ordered for run in r["pot"][name[4:]])
+                                    for name in pot})
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    from recipes.plotting import plot_results
+
+    plot_results([out / "results.json"], out / "accuracy_vs_k.png", x="k")
+    plot_results([out / "results.json"], out / "accuracy_vs_compute.png", x="compute")
+    if run is not None:
+        log_to_wandb(run, results, ordered)
+    return results
+
+
+def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records: RecordsFile, reward_model) -> None:
+    """Sample, verify, score (and PoT-run) one batch of problems and append their records."""
+    prompts = [tokenizer.apply_chat_template(task.messages(p), tokenize=False, add_generation_prompt=True)
+               for p in todo]
+    pot_runs = run_pot(model, tokenizer, task, todo, prompts, eval_cfg) if "pot" in eval_cfg.strategies else {}
+    began = time.perf_counter()
+    pools = sample(model, tokenizer, prompts, eval_cfg.sampling())
+    wall = (time.perf_counter() - began) / len(todo)
+    for problem, prompt, pool in zip(todo, prompts, pools):
+        verdicts = [task.verify(s.text, problem) for s in pool]
+        correct = [v.correct for v in verdicts]
+        scorers = sorted({"oracle", eval_cfg.scorer})
+        scores = {name: score_samples(name, pool, correct, prompt, reward_model) for name in scorers}
+        records.add({
+            "id": problem.id, "prompt_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+            "wall_time": wall,
+            "samples": [{"text": s.text, "num_tokens": len(s.token_ids), "answer_key": v.answer_key,
+                         "correct": v.correct, "finished": s.finished,
+                         "scores": {name: scores[name][i] for name in scorers}}
+                        for i, (s, v) in enumerate(zip(pool, verdicts))],
+            **({"pot": pot_runs[problem.id]} if "pot" in eval_cfg.strategies else {}),
+        })
+
+
+def run_pot(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig) -> dict[str, dict[str, list[dict]]]:
+    """``{problem id: {budget: [run]}}``: ``pot_runs`` PoT generations per problem and update budget (seeds differ)."""
+    from pot import PoTConfig, PoTGenerator
+
+    out: dict[str, dict[str, list[dict]]] = {p.id: {} for p in problems}
+    for budget in eval_cfg.pot_updates:
+        for run_index in range(eval_cfg.pot_runs):
+            config = PoTConfig(max_updates=budget, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+                               segment_tokens=eval_cfg.pot_segment_tokens,
+                               seed=eval_cfg.seed * 100_003 + run_index)
+            generator = PoTGenerator(model, tokenizer, config)
+            try:
+                results = generator.generate(prompts, eval_cfg.max_new_tokens)
+            finally:
+                generator.bank.remove()
+            for problem, result in zip(problems, results):
+                verdict = task.verify(result.text, problem)
+                trace = result.trace
+                out[problem.id].setdefault(str(budget), []).append({
+                    "text": result.text, "answer_key": verdict.answer_key, "correct": verdict.correct,
+                    "failure": trace.failure, "generated_tokens": trace.generated_tokens,
+                    "forward_tokens": trace.forward_tokens, "backward_tokens": trace.backward_tokens,
+                    "flops": trace.estimated_flops, "wall_time": trace.wall_s / len(problems)})
+    return out
+
+
+def log_to_wandb(run, results: dict, records: list[dict]) -> None:
+    """Line series per strategy (x = k, generated tokens, FLOPs) and per-point/per-problem tables; failures only warn."""
+    try:
+        _log_curves_and_table(run, results, records)
+    except Exception as err:  # tracking is a side channel: results.json and the figures are already written
+        warnings.warn(f"W&B logging failed, evaluation results are in results.json: {type(err).__name__}: {err}",
+                      RuntimeWarning, stacklevel=2)
+
+
+def _log_curves_and_table(run, results: dict, records: list[dict]) -> None:
+    """One log call: accuracy against k, generated tokens and FLOPs (one line per strategy), the points, the problems."""
+    import wandb
+
+    curves = results["curves"]
+    names = list(curves)
+    logged = {}
+    for axis, key in (("k", "k"), ("generated_tokens", "generated_tokens"), ("flops", "flops")):
+        logged[f"eval/accuracy_vs_{axis}"] = wandb.plot.line_series(
+            xs=[[p[key] for p in curves[s]] for s in names], ys=[[p["value"] for p in curves[s]] for s in names],
+            keys=names, title=f"accuracy vs {axis}", xname=axis)
+    columns = ["k", "value", "ci_low", "ci_high", "generated_tokens", "backward_tokens", "flops", "wall_time"]
+    logged["eval/points"] = wandb.Table(columns=["strategy", *columns],
+                                        data=[[s, *[p[c] for c in columns]] for s in names for p in curves[s]])
+    logged["eval/problems"] = wandb.Table(columns=["id", "correct", "n", "unparsed"], data=[
+        [r["id"], sum(s["correct"] for s in r["samples"]), len(r["samples"]),
+         sum(s["answer_key"] is None for s in r["samples"])] for r in records])
+    run.log(logged)
+
+
+def _load_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as err:  # peft raises several types (size mismatch, missing target modules, bad config)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--adapter {adapter} does not match the model: {first}") from err
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    from recipes.models import load_pretrained
+    from recipes.tasks import load_task
+
+    cfg = EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
+                     scorer=args.scorer, backend=args.backend, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                     prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
+                     pot_updates=_int_list(args.pot_updates, "--pot-updates"),
+                     pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
+    task = load_task(args.task, split=args.split, size=args.limit, seed=args.seed, data_dir=args.data_dir)
+    if not task.problems:
+        raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
+    if cfg.backend == "vllm":
+        model, tokenizer, num_parameters = _load_vllm(args)
+    else:
+        model, tokenizer = load_pretrained(args.model, dtype=args.dtype, load_in_4bit=False)
+        if args.adapter:
+            model = _load_adapter(model, args.adapter)
+        model.eval()
+        num_parameters = None
+    run = _start_wandb(args, cfg)
+    try:
+        results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
+                                 model_name=args.model + (f"+{args.adapter}" if args.adapter else ""))
+    finally:
+        if run is not None:
+            run.finish()
+    print_results_table(results)
+    return results
+
+
+def _load_vllm(args: argparse.Namespace):
+    """``(vllm.LLM, tokenizer, parameter count)`` for ``--backend vllm``; the count comes from a meta-device build."""
+    try:
+        import vllm
+    except ImportError:
+        raise ValueError("--backend vllm needs the vllm package (pip install vllm), which is not installed") from None
+    if args.adapter:
+        raise ValueError(f"--adapter {args.adapter} is not supported with --backend vllm; use --backend hf")
+    from transformers import AutoTokenizer
+
+    from recipes.models import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    llm = vllm.LLM(model=path, dtype=args.dtype, seed=args.seed)
+    return llm, AutoTokenizer.from_pretrained(path), parameter_count(path)
+
+
+def parameter_count(path: str) -> int:
+    """Parameters of the causal LM at ``path``, counted on the meta device (nothing is loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).num_parameters()
+
+
+def _start_wandb(args, cfg: EvalConfig):
+    try:
+        import wandb
+
+        return wandb.init(project="catpot", job_type="eval", dir=args.out, config={**asdict(cfg), "model": args.model,
+                                                                                  "task": args.task})
+    except Exception as err:  # tracking must never break an evaluation
+        print(f"W&B disabled: {type(err).__name__}: {err}")
+        return None
+
+
+def print_results_table(results: dict, console: Console | None = None) -> None:
+    """One row per strategy and k: accuracy, 95% CI, Monte Carlo error, compute; unparsed answers per strategy."""
+    table = Table(title=f"{results['model']} on {results['task']}: {results['num_problems']} problems, "
+                        f"n = {results['n']}, scorer {results['scorer']}")
+    for column in ("strategy", "k", "accuracy", "95% CI", "MC err", "gen. tokens", "unparsed"):
+        table.add_column(column, justify="left" if column == "strategy" else "right", no_wrap=True)
+    for strategy, points in results["curves"].items():
+        for i, p in enumerate(points):
+            table.add_row(strategy if i == 0 else "", str(p["k"]), f"{p['value']:.3f}",
+                          f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]", f"{p['mc_stderr']:.3f}",
+                          f"{p['generated_tokens']:.0f}", str(results["unparsed"][strategy]) if i == 0 else "",
+                          end_section=i == len(points) - 1)
+    (console or Console()).print(table)
+
+
+def run_compare(args: argparse.Namespace) -> list[dict]:
+    """Paired bootstrap of B − A over the problems both evaluated, per strategy and k."""
+    (cfg_a, recs_a), (cfg_b, recs_b) = (read_records(Path(d) / "records.jsonl") for d in (args.a, args.b))
+    by_id_b = {r["id"]: r for r in recs_b}
+    common = [r for r in recs_a if r["id"] in by_id_b]
+    if not common:
+        raise ValueError(f"compare: {args.a} and {args.b} share no evaluated problems")
+    results_a = json.loads((Path(args.a) / "results.json").read_text())
+    results_b = json.loads((Path(args.b) / "results.json").read_text())
+    rows = []
+    for strategy in [s for s in results_a["curves"] if s in results_b["curves"]]:
+        ks_b = {p["k"] for p in results_b["curves"][strategy]}
+        for k in [p["k"] for p in results_a["curves"][strategy] if p["k"] in ks_b]:
+            a = [problem_values(r, strategy, k, results_a["scorer"])[0] for r in common]
+            b = [problem_values(by_id_b[r["id"]], strategy, k, results_b["scorer"])[0] for r in common]
+            cmp = paired_bootstrap(a, b, seed=args.seed)
+            verdict = "within noise" if cmp.within_noise else ("B better" if cmp.difference > 0 else "A better")
+            print(f"{strategy}@{k}: B-A = {cmp.difference:+.4f} 95% CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}] "
+                  f"over {len(common)} problems: {verdict}")
+            rows.append({"strategy": strategy, "k": k, **asdict(cmp), "verdict": verdict})
+    return rows
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated ints, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add ``eval`` and ``compare`` to a ``catpot`` argparse subparsers object."""
+    p = subparsers.add_parser("eval", help="scaling curves (pass@k, maj@k, best-of-k) of a model on a task")
+    p.add_argument("--model", required=True, help="embedded name, Hub id or local path")
+    p.add_argument("--adapter", default=None, help="a peft adapter directory to load on top of --model")
+    p.add_argument("--task", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first M problems")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--ks", default="1,2,4,8,16,32,64")
+    p.add_argument("--strategies", default="pass,maj,bon", help="from pass,maj,wmaj,avg,bon,pot")
+    p.add_argument("--pot-updates", default="0,4,8,16", help="PoT adapter-update budgets (strategy pot)")
+    p.add_argument("--pot-runs", type=int, default=4, help="PoT runs per problem and budget")
+    p.add_argument("--pot-segment-tokens", type=int, default=128, help="tokens between PoT adapter updates")
+    p.add_argument("--scorer", default="oracle", help="oracle|self_certainty|mean_logprob|reward_model:ID")
+    p.add_argument("--backend", default="hf", help="hf|vllm")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--prompts-per-batch", type=int, default=4, help="prompts decoded together (each with n rows)")
+    p.add_argument("--cache", default="dynamic", help="dynamic|static KV cache of the hf sampler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the static-cache decode step (CUDA)")
+    p.set_defaults(func=run_eval)
+    c = subparsers.add_parser("compare", help="paired bootstrap between two evaluation directories")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=run_compare)
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="catpot")
+    register(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()

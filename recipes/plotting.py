@@ -1,0 +1,45 @@
+"""Accuracy vs N and vs compute from ``results.json`` files: one line per strategy and checkpoint, 95% CI bands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_results(paths: list[str | Path], out_png: str | Path, x: str = "k", strategies: list[str] | None = None) -> Path:
+    """``x="k"``: samples per problem; ``x="compute"``: estimated FLOPs (generated tokens when P is unknown).
+
+    ``strategies`` keeps only those curves (all by default), e.g. one figure for pass@k and one for maj@k.
+    """
+    if x not in ("k", "compute"):
+        raise ValueError(f"x must be 'k' or 'compute', got {x!r}")
+    if not paths:
+        raise ValueError("plot_results needs at least one results.json path, got none")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        for strategy, points in results["curves"].items():
+            if strategies is not None and strategy not in strategies:
+                continue
+            if x == "k":
+                xs = [p["k"] for p in points]
+            else:
+                key = "flops" if all(p["flops"] > 0 for p in points) else "generated_tokens"
+                xs = [p[key] for p in points]
+            line, = ax.plot(xs, [p["value"] for p in points], marker="o", label=f"{results['model']} {strategy}")
+            ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points],
+                            color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log", base=2 if x == "k" else 10)
+    ax.set_xlabel("samples per problem (k)" if x == "k" else "compute (estimated FLOPs)")
+    ax.set_ylabel("accuracy" if strategies is None else " / ".join(f"{s}@k" for s in strategies))
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
