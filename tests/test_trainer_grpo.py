@@ -1,0 +1,435 @@
+"""CAT-GRPO: weights on hand-built groups against exact rational references, then the trainer end to end."""
+
+import copy
+import math
+from fractions import Fraction
+from itertools import combinations, product
+from math import comb
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from cat.estimators import RewardHistory, passk_training_advantage, pkpo_sloo_minus_one
+from recipes.tiny_llama import tiny_llama
+from trainers import CATGRPOConfig, CATGRPOTrainer
+from trainers.cat_weights import compute_cat_weights
+
+
+def _passn_raw(p: Fraction, n: int) -> Fraction:
+    return n * (1 - p) ** (n - 1)  # d/dp [1 − (1−p)^n]
+
+
+def _passn_log(p: Fraction, n: int) -> Fraction:
+    return p * _passn_raw(p, n) / (1 - (1 - p) ** n)
+
+
+def _majority_f(p: Fraction, n: int, k: int) -> Fraction:
+    # brute-force enumeration of all 2^n vote outcomes
+    return sum(
+        p ** sum(votes) * (1 - p) ** (n - sum(votes)) for votes in product((0, 1), repeat=n) if sum(votes) >= k
+    )
+
+
+def _majority_raw(p: Fraction, n: int, k: int) -> Fraction:
+    return n * comb(n - 1, k - 1) * p ** (k - 1) * (1 - p) ** (n - k)
+
+
+def _mean_one(values):
+    mean = sum(values) / len(values)
+    return [float(v / mean) for v in values]
+
+
+GROUPS = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.float64)  # 1/4 and 3/4 correct
+
+
+@pytest.mark.parametrize("n", [4, 16])
+@pytest.mark.parametrize("form", ["raw", "log"])
+def test_passn_weights_match_exact_rationals(n, form):
+    ps = [Fraction(1, 4), Fraction(3, 4)]
+    reference = _mean_one([(_passn_raw if form == "raw" else _passn_log)(p, n) for p in ps])
+    out = compute_cat_weights("passn", GROUPS, n=n, form=form, p_estimator="empirical")
+    expected = torch.tensor(reference, dtype=torch.float64).unsqueeze(1).expand(2, 4)
+    torch.testing.assert_close(out.weights, expected, rtol=1e-12, atol=1e-12)
+    assert out.weights[0, 0] > out.weights[1, 0]  # the harder prompt gets more weight
+
+
+def test_passn_n1_is_uniform():
+    out = compute_cat_weights("passn", GROUPS, n=1, form="raw", p_estimator="empirical")
+    torch.testing.assert_close(out.weights, torch.ones(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("form", ["raw", "log"])
+def test_majority_laplace_fixed_k(form):
+    n, k = 5, 3
+    ps = [Fraction(2, 6), Fraction(4, 6)]  # Laplace (c+1)/(m+2)
+    raw = [_majority_raw(p, n, k) for p in ps]
+    values = raw if form == "raw" else [p * w / _majority_f(p, n, k) for p, w in zip(ps, raw)]
+    out = compute_cat_weights("majority", GROUPS, n=n, k=k, form=form, p_estimator="laplace")
+    torch.testing.assert_close(out.weights[:, 0], torch.tensor(_mean_one(values), dtype=torch.float64))
+    assert out.k.tolist() == [3, 3]
+
+
+def test_majority_dynamic_k_per_prompt():
+    keys = [["a", "b", "b", "c"], ["a", "a", "a", "d"]]
+    out = compute_cat_weights("majority", GROUPS, n=4, k="dynamic", form="raw", answer_keys=keys)
+    # largest wrong cluster: 2 of 4 → k = min(3, ⌊4·2/4⌋+1) = 3; 1 of 4 → k = max(2, ⌊4·1/4⌋+1) = 2
+    assert out.k.tolist() == [3, 2]
+    ps = [Fraction(2, 6), Fraction(4, 6)]
+    reference = _mean_one([_majority_raw(ps[0], 4, 3), _majority_raw(ps[1], 4, 2)])
+    torch.testing.assert_close(out.weights[:, 0], torch.tensor(reference, dtype=torch.float64))
+
+
+def test_best_of_n_within_prompt_quantiles_with_ties():
+    rewards = torch.tensor([[0.5, 0.5, 0.1, 0.9], [1.0, 1.0, 1.0, 1.0]])
+    n = 4
+    # q = (#strictly smaller + 1)/(m + 1): ties share q
+    qs = [[Fraction(2, 5), Fraction(2, 5), Fraction(1, 5), Fraction(4, 5)], [Fraction(1, 5)] * 4]
+    raw = [n * q ** (n - 1) for row in qs for q in row]
+    out = compute_cat_weights("best_of_n", GROUPS, n=n, rewards=rewards)
+    torch.testing.assert_close(out.weights.flatten(), torch.tensor(_mean_one(raw), dtype=torch.float64))
+
+
+def test_best_of_n_history_quantiles_do_not_mutate_history():
+    history = RewardHistory(capacity=8)
+    history.append(torch.tensor([0.0, 0.2, 0.4, 0.6]))
+    rewards = torch.tensor([[0.1, 0.5, 0.7, 0.3], [0.0, 0.0, 0.9, 0.9]])
+    # q = (#{h < r} + 1)/(|H| + 2)
+    counts = [[1, 3, 4, 2], [0, 0, 4, 4]]
+    raw = [3 * Fraction(c + 1, 6) ** 2 for row in counts for c in row]
+    out = compute_cat_weights("best_of_n", GROUPS, n=3, rewards=rewards, history=history)
+    torch.testing.assert_close(out.weights.flatten(), torch.tensor(_mean_one(raw), dtype=torch.float64))
+    assert len(history) == 4
+
+
+def test_sequence_estimator_gives_per_sample_weights():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.5], [0.9, 0.1, 0.2, 0.3]], dtype=torch.float64))
+    n = 2
+    ps = [Fraction(1, 2), Fraction(1, 4), Fraction(1, 8), Fraction(1, 2), Fraction(9, 10), Fraction(1, 10),
+          Fraction(1, 5), Fraction(3, 10)]
+    out = compute_cat_weights("passn", GROUPS, n=n, form="raw", p_estimator="sequence", logp_sum=logp)
+    reference = _mean_one([_passn_raw(p, n) for p in ps])
+    torch.testing.assert_close(out.weights.flatten(), torch.tensor(reference, dtype=torch.float64))
+
+
+def test_clip_caps_before_normalising():
+    out = compute_cat_weights("passn", GROUPS, n=4, form="raw", p_estimator="empirical", clip=1.0)
+    # raw 4·(3/4)^3 = 1.6875 → 1.0; 4·(1/4)^3 = 0.0625
+    torch.testing.assert_close(out.weights[:, 0], torch.tensor(_mean_one([Fraction(1), Fraction(1, 16)]), dtype=torch.float64))
+    # alignment: cosine of the clipped training weights (1, 1/16) with the test weights f′ = (27/16, 1/16)
+    train, test = [1, 1 / 16], [27 / 16, 1 / 16]
+    cosine = sum(a * b for a, b in zip(train, test)) / math.sqrt(sum(a * a for a in train) * sum(b * b for b in test))
+    assert out.alignment == pytest.approx(cosine, rel=1e-12) and out.alignment < 1
+
+
+def test_all_zero_weights_stay_zero():
+    solved = torch.ones(2, 4, dtype=torch.float64)
+    out = compute_cat_weights("passn", solved, n=4, form="raw", p_estimator="empirical")
+    torch.testing.assert_close(out.weights, torch.zeros(2, 4, dtype=torch.float64))
+    assert out.alignment is None  # both weight curves vanish: the cosine is undefined, not 0 or 1
+
+
+def test_unnormalised_weights_are_raw():
+    out = compute_cat_weights("passn", GROUPS, n=4, form="raw", p_estimator="empirical", normalize=False)
+    torch.testing.assert_close(out.weights[:, 0], torch.tensor([1.6875, 0.0625], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("field", ["logp_sum", "rewards"])
+def test_non_finite_input_names_the_prompt(field):
+    bad = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, float("nan"), 0.0, 0.0]], dtype=torch.float64)
+    strategy = "passn" if field == "logp_sum" else "best_of_n"
+    with pytest.raises(ValueError, match=f"{field} .*prompt 'two'"):
+        compute_cat_weights(strategy, GROUPS, n=2, p_estimator="sequence", prompts=["one", "two"], **{field: bad})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strategy": "pass_at"}, "strategy"),
+        ({"strategy": "best_of_n"}, "rewards"),
+        ({"strategy": "majority", "k": "dynamic", "n": 4}, "answer_keys"),
+        ({"strategy": "passn", "p_estimator": "sequence"}, "p_estimator"),
+    ],
+)
+def test_bad_input_is_named(kwargs, match):
+    strategy = kwargs.pop("strategy")
+    with pytest.raises(ValueError, match=match):
+        compute_cat_weights(strategy, GROUPS, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ the trainer end to end
+
+def _contains_a(completions, **kwargs):
+    return [1.0 if "a" in c else 0.0 for c in completions]
+
+
+def _first_char(completion):
+    return completion[:1] or None
+
+
+def _dataset():
+    return Dataset.from_dict({"prompt": ["ab", "ba", "aa", "bb"]})
+
+
+def _common(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        learning_rate=1e-3,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        dataloader_pin_memory=False,
+        logging_steps=1,
+        seed=0,
+        save_strategy="no",
+        temperature=1.0,
+    )
+    base.update(overrides)
+    return base
+
+
+class _GradSnapshot(TrainerCallback):
+    def __init__(self, model):
+        self.model, self.grads = model, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.grads.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None})
+
+
+def _train(trainer_cls, config, **kwargs):
+    model, tokenizer = tiny_llama()
+    snapshot = _GradSnapshot(model)
+    trainer = trainer_cls(
+        model=model, reward_funcs=_contains_a, args=config, train_dataset=_dataset(), processing_class=tokenizer,
+        callbacks=[snapshot], **kwargs,
+    )
+    trainer.train()
+    return trainer, snapshot.grads
+
+
+@pytest.mark.parametrize("cat", [{"cat_strategy": "none"}, {"cat_strategy": "passn", "cat_n": 1}])
+def test_identity_with_plain_grpo(tmp_path, cat):
+    plain, plain_grads = _train(GRPOTrainer, GRPOConfig(**_common(tmp_path / "a")))
+    ours, our_grads = _train(CATGRPOTrainer, CATGRPOConfig(**_common(tmp_path / "b"), **cat))
+    assert plain.state.log_history[0]["loss"] == ours.state.log_history[0]["loss"]
+    assert plain_grads[0].keys() == our_grads[0].keys() and plain_grads[0]
+    for name, grad in plain_grads[0].items():
+        torch.testing.assert_close(our_grads[0][name], grad, rtol=0, atol=0)
+
+
+def test_passn_weights_scale_advantages_and_are_logged(tmp_path):
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="majority", cat_n=4, cat_k="dynamic", cat_weight_form="raw")
+    trainer, grads = _train(CATGRPOTrainer, config, answer_key_fn=_first_char)
+    logs = trainer.state.log_history[0]
+    for key in ("cat/weight_mean", "cat/weight_max", "cat/weight_frac_zero", "cat/p_hat_mean",
+                "cat/effective_sample_size", "cat/k_mean", "cat/raw_reward_mean"):
+        assert key in logs, key
+    assert logs["cat/weight_mean"] == pytest.approx(1.0)  # normalised to mean 1 over prompts
+    assert 0 < logs["cat/effective_sample_size"] <= 1
+    assert 2 <= logs["cat/k_mean"] <= 3
+    assert all(torch.isfinite(g).all() for g in grads[0].values())
+
+
+def test_advantages_are_trl_advantages_times_weights(tmp_path):
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                           cat_p_estimator="empirical")
+    model, tokenizer = tiny_llama()
+    trainer = CATGRPOTrainer(model=model, reward_funcs=_contains_a, args=config, train_dataset=_dataset(),
+                             processing_class=tokenizer)
+    batch = [{"prompt": p} for p in ["ab", "ab", "ab", "ab", "ba", "ba", "ba", "ba"]]
+    torch.manual_seed(0)
+    ours = trainer._generate_and_score_completions(copy.deepcopy(batch))
+    texts = tokenizer.batch_decode(ours["completion_ids"], skip_special_tokens=True)
+    rewards = torch.tensor(_contains_a(texts), dtype=torch.float64).view(2, 4)
+    # independent reference: TRL's group standardisation times the pass@4 raw weight 4(1−p̂)^3, mean 1 over prompts
+    mean, std = rewards.mean(1, keepdim=True), rewards.std(1, keepdim=True)
+    plain = (rewards - mean) / (std + 1e-4)
+    p = rewards.mean(1)
+    w = 4 * (1 - p) ** 3
+    w = (w / w.mean()) if w.sum() > 0 else None
+    expected = plain if w is None else plain * w.unsqueeze(1)
+    torch.testing.assert_close(ours["advantages"].double(), expected.flatten(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"cat_strategy": "pass"}, "cat_strategy"),
+        ({"cat_n": 0}, "cat_n"),
+        ({"cat_strategy": "majority", "cat_n": 3, "cat_k": 4}, "cat_k"),
+        ({"cat_strategy": "majority", "cat_n": 1, "cat_k": "dynamic"}, "cat_k"),
+        ({"cat_strategy": "best_of_n", "cat_n": 4, "cat_weight_form": "log"}, "cat_weight_form"),
+        ({"cat_clip": 0.0}, "cat_clip"),
+        ({"cat_clip": float("nan")}, "cat_clip"),
+        ({"cat_normalize": 1}, "cat_normalize"),
+        ({"cat_p_estimator": "exact"}, "cat_p_estimator"),
+        ({"cat_quantile": "global"}, "cat_quantile"),
+        ({"cat_history_size": 0}, "cat_history_size"),
+        ({"cat_all_wrong_penalty": -0.5}, "cat_all_wrong_penalty"),
+        ({"cat_all_wrong_penalty": float("inf")}, "cat_all_wrong_penalty"),
+        ({"cat_correct_threshold": float("nan")}, "cat_correct_threshold"),
+        ({"cat_strategy": "passn", "cat_n": 4, "num_generations": 8}, "cat_normalize"),
+    ],
+)
+def test_config_rejects_bad_fields(tmp_path, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        CATGRPOConfig(**_common(tmp_path, **overrides))
+
+
+# ------------------------------------------------------- hand-built groups through the trainer, down to the gradient
+
+HAND_BUILT = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]  # prompt 1: 1/4 correct, prompt 2: 3/4 correct
+
+
+class _Recording(CATGRPOTrainer):
+    """Keeps the scored generation batch in rollout order (TRL shuffles it before the loss)."""
+
+    scored = None
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.scored = self.scored or output
+        return output
+
+
+def _fixed_rewards(values):
+    def reward(completions, **kwargs):
+        return list(values)
+
+    return reward
+
+
+def _step(tmp_path, rewards, answer_keys=None, **cat):
+    """One training step whose 2×4 rollouts get ``rewards`` (and ``answer_keys``) in order; lr 0 keeps the model."""
+    config = CATGRPOConfig(**_common(tmp_path, learning_rate=0.0, max_grad_norm=0.0), **cat)
+    model, tokenizer = tiny_llama()
+    snapshot = _GradSnapshot(model)
+    keys = iter(answer_keys or [])
+    trainer = _Recording(
+        model=model, reward_funcs=_fixed_rewards(rewards), args=config, train_dataset=_dataset(),
+        processing_class=tokenizer, callbacks=[snapshot], answer_key_fn=(lambda c: next(keys)) if answer_keys else None,
+    )
+    trainer.train()
+    return trainer, snapshot.grads[0]
+
+
+def _grpo_advantages(rewards) -> torch.Tensor:
+    """TRL's group standardisation (r − mean)/(unbiased std + 1e-4), groups of 4."""
+    r = torch.tensor(rewards, dtype=torch.float64).view(-1, 4)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).flatten()
+
+
+def _completion_logps(model, inputs) -> torch.Tensor:
+    """log π(y_t | x, y_<t) of each completion token, by a plain forward pass (0 on padding)."""
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    width = inputs["completion_ids"].shape[1]
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, -width - 1 : -1].float()
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    return logps * inputs["completion_mask"]
+
+
+def _surrogate_grads(model, inputs, advantages) -> dict[str, torch.Tensor]:
+    """∇ of −Σ_i A_i Σ_t log π(y_it) / #completion tokens: TRL's default "dapo" loss at ratio 1, written out."""
+    model.zero_grad()
+    loss = -(advantages.float().unsqueeze(1) * _completion_logps(model, inputs)).sum() / inputs["completion_mask"].sum()
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _pkpo_brute_force(group, k) -> list[float]:
+    """s_i = mean over k-subsets I ∋ i of [max_I g − max_(I∖i) g] × C(n−1,k−1)/C(n,k), by enumeration."""
+    g = [Fraction(v) for v in group]
+    n, out = len(g), []
+    for i in range(n):
+        subsets = [s for s in combinations(range(n), k) if i in s]
+        total = sum(max(g[j] for j in s) - max(g[j] for j in s if j != i) for s in subsets)
+        out.append(float(total / comb(n, k)))
+    return out
+
+
+def _passk_brute_force(group, k) -> list[float]:
+    """(mean over k-subsets ∋ i of their max − R̄)/√(R̄(1−R̄)), R̄ the mean max over all k-subsets (0 if σ = 0)."""
+    group, n = [Fraction(v) for v in group], len(group)
+    r_bar = sum(max(group[j] for j in s) for s in combinations(range(n), k)) / comb(n, k)
+    sigma = math.sqrt(r_bar * (1 - r_bar))
+    out = []
+    for i in range(n):
+        subsets = [s for s in combinations(range(n), k) if i in s]
+        own = sum(max(group[j] for j in s) for s in subsets) / len(subsets)
+        out.append(float(own - r_bar) / sigma if sigma else 0.0)
+    return out
+
+
+def test_pkpo_credits_replace_the_advantages_and_drive_the_gradient(tmp_path):
+    rewards = [0.25, 0.75, 0.5, 0.75, 0.0, 1.0, 0.125, 0.625]  # ties in prompt 1; exact in float32
+    trainer, grads = _step(tmp_path, rewards, cat_strategy="pkpo", cat_n=2)
+    expected = torch.tensor(_pkpo_brute_force(rewards[:4], 2) + _pkpo_brute_force(rewards[4:], 2))
+    torch.testing.assert_close(pkpo_sloo_minus_one(torch.tensor(rewards).view(2, 4), 2).flatten().float(), expected)
+    torch.testing.assert_close(trainer.scored["advantages"], expected, rtol=1e-6, atol=1e-7)
+    reference = _surrogate_grads(trainer.model, trainer.scored, expected)
+    assert reference.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6)
+
+
+def test_passk_advantage_replaces_the_advantages(tmp_path):
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passk_advantage", cat_n=2)
+    expected = torch.tensor(_passk_brute_force(HAND_BUILT[:4], 2) + _passk_brute_force(HAND_BUILT[4:], 2))
+    torch.testing.assert_close(expected[:4], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))  # worked by hand
+    torch.testing.assert_close(passk_training_advantage(torch.tensor(HAND_BUILT).view(2, 4), 2).flatten().float(), expected)
+    torch.testing.assert_close(trainer.scored["advantages"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_majority_dynamic_k_through_the_trainer(tmp_path):
+    keys = ["a", "b", "b", "c", "a", "a", "a", "d"]
+    trainer, _ = _step(tmp_path, HAND_BUILT, answer_keys=keys, cat_strategy="majority", cat_n=4, cat_k="dynamic",
+                       cat_weight_form="raw")
+    # k = 3 (largest wrong cluster 2/4) and k = 2 (1/4), Laplace p̂ = 2/6 and 4/6, as in the weight test above
+    w = _mean_one([_majority_raw(Fraction(2, 6), 4, 3), _majority_raw(Fraction(4, 6), 4, 2)])
+    expected = _grpo_advantages(HAND_BUILT) * torch.tensor(w, dtype=torch.float64).repeat_interleave(4)
+    torch.testing.assert_close(trainer.scored["advantages"].double(), expected, rtol=1e-6, atol=1e-6)
+    assert trainer.state.log_history[0]["cat/k_mean"] == pytest.approx(2.5)
+
+
+def test_all_wrong_penalty_then_weight_and_logged_alignment(tmp_path):
+    rewards = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    trainer, _ = _step(tmp_path, rewards, cat_strategy="passn", cat_n=4, cat_weight_form="log",
+                       cat_p_estimator="empirical", cat_all_wrong_penalty=0.5)
+    # log-form pass@4 weights p·f′/f: 1 at p = 0 (its limit), (1/4)·4·(3/4)^3/(1 − (3/4)^4) = 108/175 at p = 1/4
+    train = [Fraction(1), Fraction(108, 175)]
+    w = torch.tensor(_mean_one(train), dtype=torch.float64).repeat_interleave(4)
+    penalty = torch.tensor([0.5] * 4 + [0.0] * 4, dtype=torch.float64)  # only the unsolved prompt
+    expected = (_grpo_advantages(rewards) - penalty) * w
+    torch.testing.assert_close(trainer.scored["advantages"].double(), expected, rtol=1e-6, atol=1e-6)
+    logs = trainer.state.log_history[0]
+    test = [4.0, 4 * (3 / 4) ** 3]  # the test metric's f′(p) = 4(1−p)^3
+    cosine = sum(float(a) * b for a, b in zip(train, test)) / math.sqrt(
+        sum(float(a) ** 2 for a in train) * sum(b * b for b in test)
+    )
+    assert logs["cat/alignment"] == pytest.approx(cosine, rel=1e-6)
+    assert logs["cat/raw_reward_mean"] == pytest.approx(1 / 8) and logs["reward"] == pytest.approx(1 / 8)
+
+
+@pytest.mark.parametrize(("estimator", "num_iterations"), [("sequence", 1), ("length_normalized", 2)])
+def test_sequence_estimators_use_the_old_policy_log_prob(tmp_path, estimator, num_iterations):
+    # num_iterations=2 makes TRL compute old_per_token_logps itself; with 1 the trainer runs its own forward pass
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                       cat_p_estimator=estimator, num_iterations=num_iterations)
+    inputs = trainer.scored
+    assert ("old_per_token_logps" in inputs) == (num_iterations == 2)
+    with torch.no_grad():
+        log_p = _completion_logps(trainer.model, inputs).double().sum(dim=1)
+    if estimator == "length_normalized":
+        log_p = log_p / inputs["completion_mask"].sum(dim=1)
+    p = torch.exp(log_p.clamp(-50, 0)).clamp(1e-10, 1 - 1e-10)  # CAT App. J floor
+    w = 4 * (1 - p) ** 3
+    expected = _grpo_advantages(HAND_BUILT) * w / w.mean()  # per-sample weights, mean 1 over the samples
+    torch.testing.assert_close(inputs["advantages"].double(), expected, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,124 @@
+"""CAT-SFT: loss values and gradients against naive closed forms, the pairwise-contrastive term, config checks."""
+
+from math import comb
+
+import pytest
+import torch
+from datasets import Dataset
+
+from recipes.tiny_llama import tiny_llama
+from trainers import CATSFTConfig, CATSFTTrainer
+from trainers.sft import pairwise_contrastive_token_loss
+
+
+def _config(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, use_cpu=True,
+        bf16=False, gradient_checkpointing=False, report_to="none", dataloader_pin_memory=False, logging_steps=1,
+        save_strategy="no", seed=0, max_length=32,
+    )
+    base.update(overrides)
+    return CATSFTConfig(**base)
+
+
+def _dataset():
+    return Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+1=", "2+3="], "completion": ["2", "4", "4", "5"]})
+
+
+def _trainer(tmp_path, dtype=torch.float32, **overrides):
+    model, tokenizer = tiny_llama(dtype=dtype)
+    return CATSFTTrainer(model=model, args=_config(tmp_path, **overrides), train_dataset=_dataset(), processing_class=tokenizer)
+
+
+def _reference_log_p(model, batch):
+    """Σ log π(y_t) over the completion tokens, written out independently of the trainer."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=1), mask.sum()
+
+
+def _passn_ref(log_p, n):
+    return -torch.log(-torch.expm1(n * torch.log1p(-torch.exp(log_p))))
+
+
+def _majority_ref(log_p, n, k):
+    p = torch.exp(log_p)
+    return -torch.log(sum(comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reference"),
+    [
+        ({"cat_strategy": "none"}, lambda lp: -lp),
+        ({"cat_strategy": "passn", "cat_n": 4}, lambda lp: _passn_ref(lp, 4)),
+        ({"cat_strategy": "passn", "cat_n": 16, "cat_reduction": "token_mean"}, lambda lp: _passn_ref(lp, 16)),
+        ({"cat_strategy": "majority", "cat_n": 5, "cat_k": 3}, lambda lp: _majority_ref(lp, 5, 3)),
+    ],
+)
+def test_loss_and_gradient_match_naive_closed_form(tmp_path, overrides, reference):
+    trainer = _trainer(tmp_path, dtype=torch.float64, **overrides)
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    log_p, tokens = _reference_log_p(model, batch)
+    per_sequence = reference(log_p)
+    expected = per_sequence.mean() if trainer.args.cat_reduction == "sequence_mean" else per_sequence.sum() / tokens
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-8)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-9)
+
+
+def test_pairwise_contrastive_with_all_rivals_drawn():
+    # with 5 tokens the 4 rivals sampled without replacement are exactly the 4 non-gold tokens
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, dtype=torch.float64)
+    gold = torch.randint(0, 5, (2, 3))
+    token_logp = torch.log_softmax(logits, -1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    got = pairwise_contrastive_token_loss(logits, gold, token_logp)
+    for b in range(2):
+        for t in range(3):
+            g = int(gold[b, t])
+            z = logits[b, t]
+            pair = sum(-torch.log(torch.sigmoid(z[g] - z[r])) for r in range(5) if r != g) / 4
+            torch.testing.assert_close(got[b, t], 0.5 * -token_logp[b, t] + 0.5 * pair)
+
+
+def test_pairwise_contrastive_trains(tmp_path):
+    trainer = _trainer(tmp_path, cat_strategy="pairwise_contrastive", cat_reduction="token_mean")
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"cat_strategy": "best_of_n"}, "cat_strategy"),
+        ({"cat_n": 0}, "cat_n"),
+        ({"cat_strategy": "majority", "cat_n": 3, "cat_k": 5}, "cat_k"),
+        ({"cat_reduction": "mean"}, "cat_reduction"),
+        ({"packing": True}, "packing"),
+        ({"padding_free": True}, "padding_free"),
+        ({"completion_only_loss": False}, "completion_only_loss"),
+    ],
+)
+def test_config_rejects_bad_fields(tmp_path, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        _config(tmp_path, **overrides)
+
+
+@pytest.mark.slow
+def test_smollm2_two_real_steps(tmp_path, smollm2):
+    model, tokenizer = smollm2
+    config = _config(tmp_path, cat_strategy="passn", cat_n=4, per_device_train_batch_size=2, learning_rate=1e-5)
+    trainer = CATSFTTrainer(model=model, args=config, train_dataset=_dataset(), processing_class=tokenizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.0.self_attn.q_proj" in n}
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(0 < loss < 1e3 for loss in losses)
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before)
