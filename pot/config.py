@@ -1,0 +1,96 @@
+"""`PoTConfig`: every knob of a policy-of-thoughts run, validated when built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TARGETS = ("q", "qv")
+REWARDS = ("self", "verifier", "majority", "random")
+BASELINES = ("ema", "group")
+
+
+@dataclass
+class PoTConfig:
+    """Transient per-request LoRA, REINFORCE on the model's own segments (issue 7).
+
+    Defaults follow the PoT brief where it is sound: rank 8, alpha 16 (scaling alpha/r), q and v of every 4th layer,
+    128-token segments, at most 16 updates, Adam(lr 3e-4, betas (0.9, 0.95)), per-slot gradient clip 1.0 and
+    adapter-norm cap 2.0, an EMA reward baseline with decay 0.9.
+
+    Baselines: ``"ema"`` is the brief's single-sample REINFORCE, advantage r − b with b an EMA of the request's
+    rewards; ``"group"`` samples ``group_size`` G ≥ 2 continuations of every segment from the same context and
+    adapter, advantage r_g − mean_g(r) on each, and updates on all G (REINFORCE with a group-mean baseline; the
+    published PoT used G = 3 and found one sample weak, pot_anchors.md §1.1). The first continuation is the one that
+    is kept, so the output is an ordinary policy sample, not a best-of-G pick. ``reward="majority"`` also samples G
+    continuations.
+
+    KV cache: after every update the context is re-prefilled with the new adapters (``stale_kv=False``, the default),
+    for q-only adapters too: a q adapter on layer l leaves layer l's K/V alone but changes layer l's output and so the
+    K/V of every later layer; the cache stays exact only when the adapted layer is the last attention layer.
+    ``stale_kv=True`` is the explicit opt-out: keep the cache built under earlier adapters (cheaper, approximate).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    layer_stride: int = 4
+    targets: str = "qv"
+    init_std: float = 0.01
+    segment_tokens: int = 128
+    max_updates: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    reward: str = "self"
+    reward_weights: tuple[float, float, float] = (0.2, 0.3, 0.5)
+    baseline: str = "ema"
+    group_size: int = 3
+    ema_decay: float = 0.9
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    max_adapter_norm: float = 2.0
+    stale_kv: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive_ints = {"rank": self.rank, "layer_stride": self.layer_stride, "segment_tokens": self.segment_tokens}
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2, got {self.group_size!r}")
+        if not isinstance(self.max_updates, int) or self.max_updates < 0:
+            raise ValueError(f"max_updates must be an integer >= 0, got {self.max_updates!r}")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        positive_floats = {
+            "alpha": self.alpha, "lr": self.lr, "max_grad_norm": self.max_grad_norm,
+            "max_adapter_norm": self.max_adapter_norm, "init_std": self.init_std, "eps": self.eps,
+        }
+        for name, value in positive_floats.items():
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.samples_group and self.temperature == 0:
+            raise ValueError(f"baseline={self.baseline!r} with reward={self.reward!r} samples {self.group_size} "
+                             "continuations per segment: needs temperature > 0 (greedy ones are identical), "
+                             f"got {self.temperature!r}")
+        if len(self.reward_weights) != 3 or any(w < 0 for w in self.reward_weights):
+            raise ValueError(f"reward_weights must be three non-negative numbers, got {self.reward_weights!r}")
+
+    @property
+    def samples_group(self) -> bool:
+        """Whether every segment is sampled ``group_size`` times (group baseline or majority reward)."""
+        return self.baseline == "group" or self.reward == "majority"

@@ -1,0 +1,158 @@
+"""Slot adapter bank and per-slot Adam against independent references (peft LoRA, torch.optim.Adam)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from pot.adapters import SlotAdapterBank, find_attention_projections
+from pot.optim import SlotAdam
+
+
+def _ids(tokenizer, texts):
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def _randomise(bank, seed=1, scale=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in bank.parameters_list():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def test_gqa_shapes_and_stride(tiny):
+    model, _ = tiny
+    bank = SlotAdapterBank(model, 3, rank=4, layer_stride=2, targets="qv")
+    names = [t.name for t in bank.adapted]
+    assert names == ["model.layers.0.self_attn.q", "model.layers.0.self_attn.v",
+                     "model.layers.2.self_attn.q", "model.layers.2.self_attn.v"]
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert bank.adapted[1].B.shape == (3, 4, cfg.num_key_value_heads * head_dim) == (3, 4, 32)
+    assert bank.adapted[0].B.shape == (3, 4, cfg.hidden_size)
+    assert all(t.B.abs().sum() == 0 and t.A.abs().sum() > 0 for t in bank.adapted)
+
+
+def test_noop_at_init_and_base_untouched(tiny):
+    model, tok = tiny
+    ids, mask = _ids(tok, ["hello there", "x"])
+    base = model(input_ids=ids, attention_mask=mask).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bank = SlotAdapterBank(model, 2, rank=4, layer_stride=1)
+    with bank.use(torch.tensor([0, 1])):
+        adapted = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(adapted, base)
+    _randomise(bank)
+    with bank.use(torch.tensor([0, 1])):
+        changed = model(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(changed, base)
+    bank.remove()
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, base)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("targets", ["q", "qv"])
+def test_matches_peft_lora_outputs_and_gradients(tiny, targets):
+    model, tok = tiny
+    reference = copy.deepcopy(model)
+    bank = SlotAdapterBank(model, 3, rank=4, alpha=8.0, layer_stride=2, targets=targets)
+    _randomise(bank)
+    slot = 2
+    modules = ["q_proj", "v_proj"][: len(targets)]
+    peft_model = get_peft_model(reference, LoraConfig(r=4, lora_alpha=8.0, target_modules=modules,
+                                                      layers_to_transform=[0, 2], lora_dropout=0.0))
+    lora_layers = {n: m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    for t in bank.adapted:
+        layer = t.name.split(".")[2]
+        proj = "q_proj" if t.name.endswith(".q") else "v_proj"
+        (lora,) = [m for n, m in lora_layers.items() if f"layers.{layer}." in n and n.endswith(proj)]
+        with torch.no_grad():
+            lora.lora_A["default"].weight.copy_(t.A[slot].T)
+            lora.lora_B["default"].weight.copy_(t.B[slot].T)
+    ids, mask = _ids(tok, ["abc def", "1+1=2"])
+    with bank.use(torch.tensor([slot, slot])):
+        ours = model(input_ids=ids, attention_mask=mask).logits
+    theirs = peft_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    ours.square().mean().backward()
+    theirs.square().mean().backward()
+    for t in bank.adapted:
+        layer = t.name.split(".")[2]
+        proj = "q_proj" if t.name.endswith(".q") else "v_proj"
+        (lora,) = [m for n, m in lora_layers.items() if f"layers.{layer}." in n and n.endswith(proj)]
+        torch.testing.assert_close(t.A.grad[slot], lora.lora_A["default"].weight.grad.T, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(t.B.grad[slot], lora.lora_B["default"].weight.grad.T, rtol=1e-4, atol=1e-7)
+        others = [s for s in range(3) if s != slot]
+        assert t.A.grad[others].abs().sum() == 0 and t.B.grad[others].abs().sum() == 0
+
+
+def test_rows_use_their_own_slot(tiny):
+    model, tok = tiny
+    bank = SlotAdapterBank(model, 2, rank=4, layer_stride=1)
+    _randomise(bank)
+    ids, mask = _ids(tok, ["same text", "same text"])
+    with bank.use(torch.tensor([0, 1])):
+        mixed = model(input_ids=ids, attention_mask=mask).logits
+    with bank.use(torch.tensor([1, 1])):
+        only_one = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(mixed[1], only_one[1])
+    assert not torch.allclose(mixed[0], mixed[1])
+
+
+def test_adapter_norm_and_cap_match_dense_product(tiny):
+    model, _ = tiny
+    bank = SlotAdapterBank(model, 2, rank=4, alpha=8.0, layer_stride=2)
+    _randomise(bank)
+    slots = torch.tensor([0, 1])
+    with torch.no_grad():
+        dense = torch.stack([
+            sum(((bank.scaling * t.A[s] @ t.B[s]).double() ** 2).sum() for t in bank.adapted).sqrt() for s in range(2)
+        ])
+    torch.testing.assert_close(bank.adapter_norm(slots).double(), dense, rtol=1e-5, atol=0)
+    cap = float(dense.min()) / 2
+    bank.cap_norm(torch.tensor([1]), cap)
+    after = bank.adapter_norm(slots).double()
+    torch.testing.assert_close(after, torch.stack([dense[0], torch.tensor(cap, dtype=torch.float64)]), rtol=1e-5,
+                               atol=0)
+
+
+def test_no_attention_projections_rejected():
+    with pytest.raises(ValueError, match="Sequential"):
+        find_attention_projections(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+
+
+def test_slot_adam_matches_torch_adam_per_slot():
+    """Slot 1 joins two steps late and is clipped; each slot must equal its own torch Adam + clip_grad_norm_."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.nn.Parameter(torch.randn(2, 5, 3, generator=gen))
+    B = torch.nn.Parameter(torch.randn(2, 3, 4, generator=gen))
+    refs = [[torch.nn.Parameter(A[s].detach().clone()), torch.nn.Parameter(B[s].detach().clone())] for s in range(2)]
+    ref_opts = [torch.optim.Adam(r, lr=0.01, betas=(0.9, 0.95), eps=1e-8) for r in refs]
+    ours = SlotAdam([A, B], 2, lr=0.01, betas=(0.9, 0.95), max_grad_norm=1.0)
+    for step in range(5):
+        slots = [0] if step < 2 else [0, 1]
+        grads = [torch.randn(2, 5, 3, generator=gen) * 3, torch.randn(2, 3, 4, generator=gen) * 3]
+        A.grad, B.grad = grads[0].clone(), grads[1].clone()
+        norms = ours.step(torch.tensor(slots))
+        for j, s in enumerate(slots):
+            refs[s][0].grad, refs[s][1].grad = grads[0][s].clone(), grads[1][s].clone()
+            ref_norm = torch.nn.utils.clip_grad_norm_(refs[s], 1.0)
+            torch.testing.assert_close(norms[j], ref_norm, rtol=1e-5, atol=1e-6)
+            ref_opts[s].step()
+    for s in range(2):
+        torch.testing.assert_close(A.detach()[s], refs[s][0].detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(B.detach()[s], refs[s][1].detach(), rtol=1e-5, atol=1e-6)
+    assert ours.steps.tolist() == [5, 3]
+
+
+def test_slot_adam_skips_non_finite_slot():
+    A = torch.nn.Parameter(torch.ones(2, 2, 2))
+    A.grad = torch.ones(2, 2, 2)
+    A.grad[0, 0, 0] = float("nan")
+    norms = SlotAdam([A], 2).step(torch.tensor([0, 1]))
+    assert torch.isnan(norms[0]) and torch.isfinite(norms[1])
+    assert torch.equal(A.detach()[0], torch.ones(2, 2)) and not torch.equal(A.detach()[1], torch.ones(2, 2))

@@ -1,0 +1,413 @@
+"""PoTGenerator end to end on the tiny GQA Llama: equivalences that fail if caching, batching or updates are wrong."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+
+from pot import PoTConfig, PoTGenerator
+from pot.adapters import SlotAdapterBank
+from pot.generator import request_seed
+
+PROMPTS = ["<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n", "Q: say hi\nA:"]
+
+
+class ConstantReward:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, batch):
+        scores = torch.full((len(batch.prompts),), self.value)
+        return scores, {"constant": scores}
+
+
+class NaNForPrompt:
+    def __init__(self, bad_prompt: str) -> None:
+        self.bad_prompt = bad_prompt
+
+    def __call__(self, batch):
+        scores = torch.tensor([math.nan if p == self.bad_prompt else 0.5 for p in batch.prompts])
+        return scores, {"constant": scores}
+
+
+class PreferContinuation:
+    """Reward 1 for continuation ``preferred`` of every group, 0 for the others; remembers what it scored."""
+
+    def __init__(self, preferred: int) -> None:
+        self.preferred, self.seen = preferred, []
+
+    def __call__(self, batch):
+        self.seen.append([list(ids) for ids in batch.segment_ids])
+        scores = torch.tensor([float(row % batch.group_size == self.preferred) for row in range(len(batch.prompts))])
+        return scores, {"preferred": scores}
+
+
+class NaNBackward(torch.autograd.Function):
+    """Identity forward; the backward returns NaN on the marked batch rows (a numerical fault in one request)."""
+
+    @staticmethod
+    def forward(ctx, x, rows):
+        ctx.save_for_backward(rows)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        return grad.masked_fill(rows.view(-1, *[1] * (grad.dim() - 1)), math.nan), None
+
+
+def _encode(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _mean_logp(model, tok, prompt: str, segment_ids: list[int]) -> torch.Tensor:
+    prompt_ids = _encode(tok, prompt)
+    logits = model(input_ids=torch.tensor([prompt_ids + segment_ids])).logits[0, len(prompt_ids) - 1:-1]
+    return logits.log_softmax(-1).gather(-1, torch.tensor(segment_ids)[:, None]).mean()
+
+
+@pytest.mark.parametrize("min_new_tokens", [0, 20])
+def test_no_updates_greedy_equals_hf_generate(tiny, min_new_tokens):
+    model, tok = tiny
+    gen = PoTGenerator(model, tok, PoTConfig(max_updates=0, segment_tokens=7))
+    ours = gen.generate(PROMPTS, max_new_tokens=20, min_new_tokens=min_new_tokens)
+    for prompt, result in zip(PROMPTS, ours):
+        ids = torch.tensor([_encode(tok, prompt)])
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                             min_new_tokens=min_new_tokens, do_sample=False)
+        assert result.token_ids == ref[0, ids.shape[1]:].tolist()
+        assert not result.failed and result.trace.updates == []
+    assert min_new_tokens == 0 or all(len(r.token_ids) == 20 for r in ours)
+
+
+def test_no_updates_sampling_equals_uncached_reference_sampler(tiny):
+    model, tok = tiny
+    cfg = PoTConfig(max_updates=0, segment_tokens=5, temperature=0.8, top_p=0.9, seed=3)
+    ours = PoTGenerator(model, tok, cfg).generate(PROMPTS, max_new_tokens=15)
+    for prompt, result in zip(PROMPTS, ours):
+        rng = torch.Generator().manual_seed(request_seed(3, prompt))
+        ids = _encode(tok, prompt)
+        out = []
+        with torch.no_grad():
+            for _ in range(15):
+                logits = model(input_ids=torch.tensor([ids + out])).logits[:, -1].float()
+                scores = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.8)(None, logits))
+                out.append(int(torch.multinomial(scores.softmax(-1)[0], 1, generator=rng)))
+                if out[-1] == tok.eos_token_id:
+                    break
+        assert result.token_ids == out
+
+
+@pytest.mark.parametrize(("temperature", "baseline"), [(0.0, "ema"), (1.0, "ema"), (1.0, "group")])
+def test_batch_equals_separate_runs_with_updates(tiny, temperature, baseline):
+    model, tok = tiny
+    cfg = PoTConfig(max_updates=3, segment_tokens=6, temperature=temperature, lr=0.05, rank=4, layer_stride=2,
+                    baseline=baseline, group_size=2)
+    gen = PoTGenerator(model, tok, cfg)
+    batched = gen.generate(PROMPTS, max_new_tokens=24)
+    for prompt, together in zip(PROMPTS, batched):
+        (alone,) = gen.generate([prompt], max_new_tokens=24)
+        assert together.token_ids == alone.token_ids
+        assert [u.group_rewards for u in together.trace.updates] == [
+            pytest.approx(u.group_rewards, abs=1e-5) for u in alone.trace.updates]
+    # an update follows every segment after which the request is still running (EOS or budget end it)
+    assert [len(r.trace.updates) for r in batched] == [min(3, math.ceil(len(r.token_ids) / 6) - 1) for r in batched]
+    assert any(u.adapter_norm > 0 for r in batched for u in r.trace.updates)
+
+
+def test_base_weights_identical_and_state_reset_between_queries(tiny):
+    model, tok = tiny
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = PoTGenerator(model, tok, PoTConfig(max_updates=4, segment_tokens=5, lr=0.05, rank=4))
+    first = gen.generate(PROMPTS[:1], max_new_tokens=25)[0]
+    gen.generate(PROMPTS[1:], max_new_tokens=25)
+    again = gen.generate(PROMPTS[:1], max_new_tokens=25)[0]
+    assert again.token_ids == first.token_ids
+    assert [u.grad_norm for u in again.trace.updates] == pytest.approx([u.grad_norm for u in first.trace.updates])
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())  # the base model is not even given gradients
+    plain = PoTGenerator(model, tok, PoTConfig(max_updates=0)).generate(PROMPTS[:1], max_new_tokens=25)[0]
+    assert plain.token_ids != first.token_ids or first.trace.updates[-1].adapter_norm == 0
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_reward_sign_moves_segment_logprob(tiny, sign):
+    model, tok = tiny
+    cfg = PoTConfig(max_updates=1, segment_tokens=8, lr=0.02, rank=4, layer_stride=1)
+    gen = PoTGenerator(model, tok, cfg, reward=ConstantReward(sign))
+    (result,) = gen.generate(PROMPTS[:1], max_new_tokens=12)
+    assert result.trace.updates[0].advantage == sign
+    with torch.no_grad():
+        base = _mean_logp(model, tok, PROMPTS[0], result.token_ids[:8])
+        with gen.bank.use(torch.tensor([0])):
+            updated = _mean_logp(model, tok, PROMPTS[0], result.token_ids[:8])
+    assert sign * (updated - base) > 1e-4
+
+
+def test_group_baseline_raises_the_preferred_continuation(tiny):
+    model, tok = tiny
+    cfg = PoTConfig(baseline="group", group_size=3, temperature=1.0, max_updates=1, segment_tokens=8, lr=0.02,
+                    rank=4, layer_stride=1, seed=1)
+    reward = PreferContinuation(preferred=1)
+    gen = PoTGenerator(model, tok, cfg, reward=reward)
+    (result,) = gen.generate(PROMPTS[:1], max_new_tokens=10)
+    (update,) = result.trace.updates
+    assert update.group_rewards == [0.0, 1.0, 0.0] and update.advantage == pytest.approx(-1 / 3)
+    (continuations,) = reward.seen
+    assert len(set(map(tuple, continuations))) == 3  # sampled, not copies
+    assert result.token_ids[:8] == continuations[0]  # the first continuation is the one kept
+    assert result.trace.backward_tokens == sum(map(len, continuations)) == update.backward_tokens
+    assert result.trace.generated_tokens == sum(map(len, continuations)) + len(result.token_ids) - 8
+    with torch.no_grad():
+        base = [_mean_logp(model, tok, PROMPTS[0], c) for c in continuations]
+        with gen.bank.use(torch.tensor([0])):
+            updated = [_mean_logp(model, tok, PROMPTS[0], c) for c in continuations]
+    change = [float(u - b) for u, b in zip(updated, base)]
+    assert change[1] > 1e-4 and change[1] > max(change[0], change[2])
+
+    # exact first step: reference gradient of −Σ_g (r_g − mean r)/G · mean_t log π(y_gt) on a fresh bank with the
+    # same A, through the segment only (the prompt's K/V come from a no-grad prefill: the gradient window), then Adam's
+    # bias-corrected first step −lr·g/(|g| + eps) after the per-slot clip (B starts at 0, so A's gradient is 0)
+    gen.bank.remove()
+    ref = SlotAdapterBank(model, 1, rank=4, layer_stride=1)
+    ref.reset(torch.tensor([0]), [request_seed(cfg.seed, PROMPTS[0])])
+    params = ref.parameters_list()
+    for p in params:
+        p.requires_grad_(True)
+    prompt_ids = _encode(tok, PROMPTS[0])
+
+    def window_mean_logp(segment):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prompt_ids[:-1]]), past_key_values=cache)
+        logits = model(input_ids=torch.tensor([prompt_ids[-1:] + segment[:-1]]), past_key_values=cache).logits[0]
+        return logits.log_softmax(-1).gather(-1, torch.tensor(segment)[:, None]).mean()
+
+    with ref.use(torch.tensor([0])):
+        loss = -sum((r - 1 / 3) / 3 * window_mean_logp(c) for r, c in zip([0, 1, 0], continuations))
+    grads = torch.autograd.grad(loss, params)
+    clip = min(1.0, cfg.max_grad_norm / (math.sqrt(sum(float(g.square().sum()) for g in grads)) + 1e-6))
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= cfg.lr * (g * clip) / ((g * clip).abs() + cfg.eps)
+        assert float(ref.adapter_norm(torch.tensor([0]))[0]) < cfg.max_adapter_norm  # no cap: the step is all
+    for ours, theirs in zip(gen.bank.parameters_list(), params):
+        torch.testing.assert_close(ours.detach()[0], theirs.detach()[0], rtol=1e-4, atol=1e-6)
+
+
+def test_majority_reward_end_to_end(tiny):
+    from pot import MajorityReward
+
+    model, tok = tiny
+    cfg = PoTConfig(reward="majority", group_size=4, temperature=1.0, max_updates=2, segment_tokens=5, lr=0.05,
+                    rank=4)
+    seen = []
+
+    def last_char(text):
+        seen.append(text)
+        return text[-1] if text else None
+
+    (result,) = PoTGenerator(model, tok, cfg, reward=MajorityReward(last_char)).generate(PROMPTS[:1], 16)
+    assert len(result.trace.updates) == 2 and len(seen) == 8
+    for update, texts in zip(result.trace.updates, (seen[:4], seen[4:])):
+        answers = [t[-1] for t in texts]
+        top = max(answers.count(a) for a in answers)
+        first_top = next(a for a in answers if answers.count(a) == top)
+        assert update.group_rewards == [float(a == first_top) for a in answers]
+    first = result.trace.updates[0]
+    assert first.advantage == first.reward  # EMA baseline starts at 0; only the kept continuation is used
+
+
+def test_nan_reward_fails_only_that_request(tiny):
+    model, tok = tiny
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = PoTConfig(max_updates=3, segment_tokens=5, lr=0.05, rank=4)
+    bad, good = PROMPTS
+    both = PoTGenerator(model, tok, cfg, reward=NaNForPrompt(bad)).generate([bad, good], max_new_tokens=20)
+    (alone,) = PoTGenerator(model, tok, cfg, reward=NaNForPrompt(bad)).generate([good], max_new_tokens=20)
+    assert both[0].failed and "non-finite reward" in both[0].trace.failure
+    assert len(both[0].token_ids) == 5
+    assert not both[1].failed and both[1].token_ids == alone.token_ids
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_nan_gradient_fails_only_that_request(tiny):
+    model, tok = tiny
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = PoTConfig(max_updates=3, segment_tokens=5, lr=0.05, rank=4)
+    bad, good = PROMPTS
+    gen = PoTGenerator(model, tok, cfg, reward=ConstantReward(1.0))
+
+    def poison_slot_zero(module, inputs, output):  # slot 0 holds the first prompt of the wave
+        if torch.is_grad_enabled() and gen.bank.active_slots is not None:
+            return NaNBackward.apply(output, gen.bank.active_slots == 0)
+        return None
+
+    handle = model.model.norm.register_forward_hook(poison_slot_zero)
+    try:
+        both = gen.generate([bad, good], max_new_tokens=20)
+        bad_adapter = [t.B[0].clone() for t in gen.bank.adapted]
+    finally:
+        handle.remove()
+    (alone,) = PoTGenerator(model, tok, cfg, reward=ConstantReward(1.0)).generate([good], max_new_tokens=20)
+    assert both[0].failed and "non-finite gradient" in both[0].trace.failure
+    assert len(both[0].token_ids) == 5 and math.isnan(both[0].trace.updates[0].grad_norm)
+    assert all(b.abs().sum() == 0 for b in bad_adapter)  # the failed step was not applied
+    assert not both[1].failed and both[1].token_ids == alone.token_ids
+    assert [u.grad_norm for u in both[1].trace.updates] == pytest.approx([u.grad_norm for u in alone.trace.updates])
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def _cached_next_logits(model, bank, slots, ids, *, update_between: bool):
+    """Prefill all but the last token, optionally change the adapter, then decode the last token from the cache."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), bank.use(slots):
+        model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+        if update_between:
+            for t in bank.adapted:
+                t.B.normal_(0, 0.5, generator=torch.Generator().manual_seed(5))
+        cached = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1]
+        full = model(input_ids=ids).logits[:, -1]
+    return cached, full
+
+
+def test_reprefill_is_exact_and_stale_cache_is_not(tiny):
+    model, tok = tiny
+    ids = torch.tensor([_encode(tok, "some context here")])
+    for targets in ("q", "qv"):
+        bank = SlotAdapterBank(model, 1, rank=4, layer_stride=2, targets=targets)
+        with torch.no_grad():
+            for t in bank.adapted:
+                t.B.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))
+        cached, full = _cached_next_logits(model, bank, torch.tensor([0]), ids, update_between=False)
+        torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)  # cache built under the current adapter
+        assert (full - model(input_ids=ids).logits[:, -1]).abs().max() > 1e-3  # ... which is not a no-op
+        stale, full = _cached_next_logits(model, bank, torch.tensor([0]), ids, update_between=True)
+        assert (stale - full).abs().max() > 1e-3  # layer 0's q adapter changes layers 1-3's K/V too
+        bank.remove()
+
+
+def test_q_only_cache_exact_when_adapter_is_on_last_attention_layer():
+    from recipes.tiny_llama import tiny_llama
+
+    model, tok = tiny_llama(num_layers=1)
+    ids = torch.tensor([_encode(tok, "some context here")])
+    q_bank = SlotAdapterBank(model, 1, rank=4, targets="q")
+    cached, full = _cached_next_logits(model, q_bank, torch.tensor([0]), ids, update_between=True)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    q_bank.remove()
+    qv_bank = SlotAdapterBank(model, 1, rank=4, targets="qv")
+    stale, full = _cached_next_logits(model, qv_bank, torch.tensor([0]), ids, update_between=True)
+    assert (stale - full).abs().max() > 1e-3
+    qv_bank.remove()
+    # so in the generator, keeping the cache (stale_kv) gives exactly the re-prefill output for q-only on layer 0
+    cfg = dict(targets="q", layer_stride=1, max_updates=3, segment_tokens=4, lr=0.2, rank=4)
+    fresh = PoTGenerator(model, tok, PoTConfig(**cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 16)
+    stale = PoTGenerator(model, tok, PoTConfig(stale_kv=True, **cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 16)
+    assert [f.token_ids for f in fresh] == [s.token_ids for s in stale]
+    assert all(u.adapter_norm > 0 for r in fresh for u in r.trace.updates)
+    assert sum(r.trace.forward_tokens for r in fresh) > sum(r.trace.forward_tokens for r in stale)
+
+
+def test_stale_kv_changes_generation_and_counts(tiny):
+    model, tok = tiny
+    cfg = dict(max_updates=4, segment_tokens=4, lr=0.2, rank=4, layer_stride=1)
+    fresh = PoTGenerator(model, tok, PoTConfig(**cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 24)
+    stale = PoTGenerator(model, tok, PoTConfig(stale_kv=True, **cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 24)
+    assert any(f.token_ids != s.token_ids for f, s in zip(fresh, stale))
+    for prompt, result in zip(PROMPTS * 2, fresh + stale):
+        trace = result.trace
+        assert trace.generated_tokens == len(result.token_ids)
+        assert trace.backward_tokens == 4 * len(trace.updates)
+        n = trace.num_parameters
+        assert trace.estimated_flops == 2 * n * trace.forward_tokens + 4 * n * trace.backward_tokens
+        assert trace.forward_tokens >= len(_encode(tok, prompt)) - 1 + trace.generated_tokens + trace.backward_tokens
+    assert sum(r.trace.forward_tokens for r in fresh) > sum(r.trace.forward_tokens for r in stale)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"rank": 0}, "rank"), ({"layer_stride": 0}, "layer_stride"), ({"targets": "k"}, "targets"),
+     ({"reward": "vibes"}, "reward"), ({"top_p": 0.0}, "top_p"), ({"temperature": -1.0}, "temperature"),
+     ({"max_updates": -1}, "max_updates"), ({"baseline": "median"}, "baseline"), ({"group_size": 1}, "group_size"),
+     ({"baseline": "group", "temperature": 0.0}, "temperature > 0"),
+     ({"reward": "majority", "temperature": 0.0}, "temperature > 0")],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match) as error:
+        PoTConfig(**kwargs)
+    assert f"got {list(kwargs.values())[-1]!r}" in str(error.value)  # the offending value is named too
+
+
+def test_bad_inputs_rejected_before_generation(tiny):
+    model, tok = tiny
+    gen = PoTGenerator(model, tok, PoTConfig(max_updates=1))
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        gen.generate(["ok", ""], max_new_tokens=5)
+    with pytest.raises(ValueError, match=r"prompts must be a non-empty list of strings, got \[\]"):
+        gen.generate([], max_new_tokens=5)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1, got 0"):
+        gen.generate(["ok"], max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"min_new_tokens must be an integer in \[0, max_new_tokens=5\], got 6"):
+        gen.generate(["ok"], max_new_tokens=5, min_new_tokens=6)
+    with pytest.raises(ValueError, match="'Sequential' has no attention module"):
+        PoTGenerator(torch.nn.Sequential(torch.nn.Linear(2, 2)), tok)
+    with pytest.raises(ValueError, match="MajorityReward"):
+        PoTGenerator(model, tok, PoTConfig(reward="majority", temperature=1.0))
+    with pytest.raises(ValueError, match="VerifierReward"):
+        PoTGenerator(model, tok, PoTConfig(reward="verifier"))
+    from pot import MajorityReward
+
+    with pytest.raises(ValueError, match="baseline='ema'"):
+        PoTGenerator(model, tok, PoTConfig(), reward=MajorityReward(str))
+
+
+def test_four_bit_base_gets_adapter_gradients(tiny, tmp_path: Path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    gen = PoTGenerator(quantized, tok, PoTConfig(max_updates=2, segment_tokens=4, rank=4, layer_stride=1),
+                       reward=ConstantReward(1.0))
+    (result,) = gen.generate(PROMPTS[:1], max_new_tokens=12)
+    assert [u.grad_norm > 0 for u in result.trace.updates] == [True, True]
+    assert result.trace.updates[-1].adapter_norm > 0
+
+
+@pytest.mark.slow
+def test_smollm2_short_run(smollm2):
+    model, tok = smollm2
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    gen = PoTGenerator(model, tok, PoTConfig(max_updates=1, segment_tokens=6, rank=4))
+    (result,) = gen.generate([prompt], max_new_tokens=10)
+    assert not result.failed and len(result.trace.updates) >= 1
+    assert all(math.isfinite(u.reward) and u.grad_norm >= 0 for u in result.trace.updates)
+    assert result.trace.backward_tokens == 6 * len(result.trace.updates)
+
+
+def test_gate_fit_recovers_linear_benefit_and_gates_off_to_plain(tiny):
+    from pot.gate import DifficultyGate, GateRecord
+
+    model, tok = tiny
+    prompts = [f"question {i}: {'x' * i}" for i in range(1, 40)]
+    gate = DifficultyGate(layer=1, ridge=1e-9)
+    feats = gate.features(model, tok, prompts).double()
+    true_w = torch.linspace(-1, 1, feats.shape[1], dtype=torch.float64)
+    benefit = feats @ true_w + 0.1
+    records = [GateRecord(p, float(b), 0.0) for p, b in zip(prompts, benefit)]
+    gate.fit(model, tok, records)
+    torch.testing.assert_close(gate.predict(model, tok, prompts), benefit, rtol=1e-4, atol=1e-4)
+
+    gate.threshold = float("inf")  # every request gated off: plain generation, no updates
+    cfg = PoTConfig(max_updates=3, segment_tokens=5, lr=0.05)
+    gated = PoTGenerator(model, tok, cfg, gate=gate).generate(PROMPTS, max_new_tokens=15)
+    plain = PoTGenerator(model, tok, PoTConfig(max_updates=0, segment_tokens=5)).generate(PROMPTS, max_new_tokens=15)
+    assert [g.token_ids for g in gated] == [p.token_ids for p in plain]
+    assert all(g.trace.gated_off and not g.trace.updates for g in gated)
