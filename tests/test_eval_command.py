@@ -210,7 +210,9 @@ def test_results_table_shows_every_point_and_the_unparsed_count():
 
 
 def test_wandb_failure_only_warns():
-    results = {"curves": {"pass": [{"k": 1, "value": 0.5, "flops": 1.0}]}}
+    point = {"k": 1, "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "generated_tokens": 8, "backward_tokens": 0,
+             "flops": 1.0, "wall_time": 0.1}
+    results = {"curves": {"pass": [point]}}
     with pytest.warns(RuntimeWarning, match="W&B logging failed.*AttributeError"):
         log_to_wandb(object(), results, [])  # not a run: has no .log
 
