@@ -1,6 +1,6 @@
 """The ``catpot`` command: ``train``, ``demo``, ``experiment``, ``recipes``, ``plot``, ``weights`` (and ``eval``/``compare``).
 
-Bad input (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) ends in one line
+Bad input (ValueError, TypeError, KeyError, OSError such as a missing file or an existing output_dir) ends in one line
 ``catpot: error: ...`` and exit code 2; ``--debug`` shows the traceback instead.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from recipes.config import Recipe, load_recipe, shipped_recipes
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError)
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError)  # OSError: missing files, existing output_dir, Hub misses
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        return status if isinstance(status, int) else 0  # eval/compare return their results for Python callers
     except USER_ERRORS as error:
         if args.debug:
             raise

@@ -231,7 +231,7 @@ def run_eval(args: argparse.Namespace) -> dict:
                      prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
                      pot_updates=_int_list(args.pot_updates, "--pot-updates"),
                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
-    task = load_task(args.task, split=args.split, size=args.limit, seed=args.seed, data_dir=args.data_dir)
+    task = load_task(args.task, split=args.split, size=args.limit, seed=args.task_seed, data_dir=args.data_dir)
     if not task.problems:
         raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
     if cfg.backend == "vllm":
@@ -353,7 +353,9 @@ def register(subparsers) -> None:
     p.add_argument("--scorer", default="oracle", help="oracle|self_certainty|mean_logprob|reward_model:ID")
     p.add_argument("--backend", default="hf", help="hf|vllm")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--task-seed", type=int, default=0, help="which problems (kept apart from --seed, so that "
+                   "evaluations with different sampling seeds compare on the same problems)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)

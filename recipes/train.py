@@ -72,7 +72,7 @@ def _check_same_recipe(saved: dict, current: dict, path: Path, prefix: str = "")
             raise ValueError(f"--resume: {prefix}{key} is {b!r} but {path} has {a!r}; use a new output_dir")
 
 
-def trainer_config(recipe: Recipe, report_wandb: bool = False) -> CATGRPOConfig | CATSFTConfig:
+def trainer_config(recipe: Recipe) -> CATGRPOConfig | CATSFTConfig:
     """The TRL config of the recipe: ``train.trl`` plus the ``cat_*`` fields, with catpot's defaults underneath."""
     train = recipe.train
     kwargs = {

@@ -74,3 +74,11 @@ def test_model_resolution_without_download(tmp_path):
     assert resolve_model_name(str(tmp_path)) == f"local:{tmp_path}"
     with pytest.raises(ValueError, match="'a/b/c'"):
         resolve_model_name("a/b/c")
+
+
+def test_eval_and_compare_exit_zero(tmp_path):
+    common = ["--model", "tiny-llama", "--task", "arithmetic", "--limit", "2", "--n", "2", "--ks", "1,2",
+              "--strategies", "pass,maj", "--max-new-tokens", "3"]
+    for name, seed in (("a", "0"), ("b", "1")):
+        assert main(["eval", *common, "--seed", seed, "--out", str(tmp_path / name)]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
