@@ -27,13 +27,14 @@ import yaml
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from recipes import tracking
 from recipes.config import Recipe, to_dict
 from recipes.models import load_pretrained
 from recipes.tasks import Task, load_task
 from trainers import CATGRPOConfig, CATGRPOTrainer, CATSFTConfig, CATSFTTrainer
+from trainers.checkpointing import CAT_STATE_FILE
 
 RECIPE_FILE = "recipe.yaml"
 RESULTS_FILE = "results.json"
@@ -60,7 +61,20 @@ def prepare_output_dir(recipe: Recipe, *, resume: bool, overwrite: bool) -> str 
         _check_same_recipe(yaml.safe_load(saved.read_text()), current, saved)
     else:
         saved.write_text(yaml.safe_dump(current, sort_keys=False))
-    return get_last_checkpoint(str(out)) if resume else None
+    return last_complete_checkpoint(out, recipe.train.algorithm) if resume else None
+
+
+def last_complete_checkpoint(out: Path, algorithm: str) -> str | None:
+    """The newest checkpoint whose last files were written: a kill during a save leaves a directory without them.
+
+    Trainer writes ``trainer_state.json`` after the weights, optimizer and RNG state; CAT-GRPO then adds its CAT state.
+    """
+    required = [TRAINER_STATE_NAME] + ([CAT_STATE_FILE] if algorithm == "grpo" else [])
+    steps = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    for _, path in reversed(steps):
+        if all((path / name).is_file() for name in required):
+            return str(path)
+    return None
 
 
 def _check_same_recipe(saved: dict, current: dict, path: Path, prefix: str = "") -> None:

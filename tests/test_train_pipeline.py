@@ -13,7 +13,7 @@ import yaml
 
 from recipes.cli import main
 from recipes.config import recipe_from_dict, to_dict
-from recipes.train import trainer_config
+from recipes.train import last_complete_checkpoint, trainer_config
 
 TINY_RECIPE = {
     "model": {"name": "tiny-llama", "dtype": "float32", "lora_r": 4, "lora_alpha": 8,
@@ -142,3 +142,14 @@ def test_demo_trains_both_arms_from_one_recipe_and_never_redoes_them(tmp_path, c
     assert main(argv) == 0
     assert capsys.readouterr().out.count("already complete") == 2
     assert stamps == {arm: (tmp_path / arm / "results.json").stat().st_mtime_ns for arm in ("baseline", "cat")}
+
+
+def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
+    for step, files in ((2, ["trainer_state.json", "cat_state.json"]), (3, ["adapter_model.safetensors"])):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in files:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    assert last_complete_checkpoint(tmp_path, "grpo") == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path, "grpo") == str(tmp_path / "checkpoint-2")  # CAT state not yet written
+    assert last_complete_checkpoint(tmp_path, "sft") == str(tmp_path / "checkpoint-3")
