@@ -242,13 +242,18 @@ def run_eval(args: argparse.Namespace) -> dict:
             model = _load_adapter(model, args.adapter)
         model.eval()
         num_parameters = None
-    run = _start_wandb(args, cfg)
+    from recipes import tracking
+    from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    name = args.model + (f"+{args.adapter}" if args.adapter else "")
+    run = tracking.start_run(LoggingConfig(), {**asdict(cfg), "model": name, "task": args.task}, args.out,
+                             f"eval {name} on {args.task}")
     try:
         results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
-                                 model_name=args.model + (f"+{args.adapter}" if args.adapter else ""))
+                                 model_name=name)
     finally:
-        if run is not None:
-            run.finish()
+        tracking.finish(run)
     print_results_table(results)
     return results
 
@@ -279,17 +284,6 @@ def parameter_count(path: str) -> int:
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).num_parameters()
 
 
-def _start_wandb(args, cfg: EvalConfig):
-    try:
-        import wandb
-
-        return wandb.init(project="catpot", job_type="eval", dir=args.out, config={**asdict(cfg), "model": args.model,
-                                                                                  "task": args.task})
-    except Exception as err:  # tracking must never break an evaluation
-        print(f"W&B disabled: {type(err).__name__}: {err}")
-        return None
-
-
 def print_results_table(results: dict, console: Console | None = None) -> None:
     """One row per strategy and k: accuracy, 95% CI, Monte Carlo error, compute; unparsed answers per strategy."""
     table = Table(title=f"{results['model']} on {results['task']}: {results['num_problems']} problems, "
@@ -305,26 +299,31 @@ def print_results_table(results: dict, console: Console | None = None) -> None:
     (console or Console()).print(table)
 
 
-def run_compare(args: argparse.Namespace) -> list[dict]:
-    """Paired bootstrap of B − A over the problems both evaluated, per strategy and k."""
-    (cfg_a, recs_a), (cfg_b, recs_b) = (read_records(Path(d) / "records.jsonl") for d in (args.a, args.b))
+def compare_directories(dir_a: str | Path, dir_b: str | Path, seed: int = 0) -> list[dict]:
+    """Paired bootstrap of B − A over the problems both evaluated, for every strategy and k both have."""
+    (_, recs_a), (_, recs_b) = (read_records(Path(d) / "records.jsonl") for d in (dir_a, dir_b))
     by_id_b = {r["id"]: r for r in recs_b}
     common = [r for r in recs_a if r["id"] in by_id_b]
     if not common:
-        raise ValueError(f"compare: {args.a} and {args.b} share no evaluated problems")
-    results_a = json.loads((Path(args.a) / "results.json").read_text())
-    results_b = json.loads((Path(args.b) / "results.json").read_text())
+        raise ValueError(f"compare: {dir_a} and {dir_b} share no evaluated problems")
+    results_a, results_b = (json.loads((Path(d) / "results.json").read_text()) for d in (dir_a, dir_b))
     rows = []
     for strategy in [s for s in results_a["curves"] if s in results_b["curves"]]:
         ks_b = {p["k"] for p in results_b["curves"][strategy]}
         for k in [p["k"] for p in results_a["curves"][strategy] if p["k"] in ks_b]:
             a = [problem_values(r, strategy, k, results_a["scorer"])[0] for r in common]
             b = [problem_values(by_id_b[r["id"]], strategy, k, results_b["scorer"])[0] for r in common]
-            cmp = paired_bootstrap(a, b, seed=args.seed)
+            cmp = paired_bootstrap(a, b, seed=seed)
             verdict = "within noise" if cmp.within_noise else ("B better" if cmp.difference > 0 else "A better")
-            print(f"{strategy}@{k}: B-A = {cmp.difference:+.4f} 95% CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}] "
-                  f"over {len(common)} problems: {verdict}")
-            rows.append({"strategy": strategy, "k": k, **asdict(cmp), "verdict": verdict})
+            rows.append({"strategy": strategy, "k": k, **asdict(cmp), "verdict": verdict, "problems": len(common)})
+    return rows
+
+
+def run_compare(args: argparse.Namespace) -> list[dict]:
+    rows = compare_directories(args.a, args.b, seed=args.seed)
+    for r in rows:
+        print(f"{r['strategy']}@{r['k']}: B-A = {r['difference']:+.4f} 95% CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
+              f"over {r['problems']} problems: {r['verdict']}")
     return rows
 
 

@@ -16,10 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pot.evaluation import paired_bootstrap, problem_values
 from pot.records import read_records
 from recipes.config import load_recipe
-from recipes.eval_command import evaluate_model
+from recipes.eval_command import compare_directories, evaluate_model
 from recipes.models import load_pretrained
 from recipes.plotting import plot_results
 from recipes.train import load_eval_task, train
@@ -45,24 +44,16 @@ def evaluate_base_model(recipe, out_dir: Path) -> dict:
 
 
 def compare_to_baseline(eval_dirs: dict[str, Path], seed: int = 0) -> list[dict]:
-    """Paired bootstrap (arm − baseline) over the shared problems, for every strategy and k of the baseline."""
+    """Paired bootstrap (arm − baseline) over the same problems, for every strategy and k of the baseline."""
     _, baseline_records = read_records(eval_dirs[BASELINE] / "records.jsonl")
-    baseline = json.loads((eval_dirs[BASELINE] / "results.json").read_text())
     rows = []
     for arm, directory in eval_dirs.items():
         if arm == BASELINE:
             continue
         _, records = read_records(directory / "records.jsonl")
-        by_id = {r["id"]: r for r in records}
-        if set(by_id) != {r["id"] for r in baseline_records}:
+        if {r["id"] for r in records} != {r["id"] for r in baseline_records}:
             raise ValueError(f"experiment: arm {arm!r} was evaluated on other problems than the baseline")
-        for strategy, points in baseline["curves"].items():
-            for k in (p["k"] for p in points):
-                a = [problem_values(r, strategy, k, baseline["scorer"])[0] for r in baseline_records]
-                b = [problem_values(by_id[r["id"]], strategy, k, baseline["scorer"])[0] for r in baseline_records]
-                cmp = paired_bootstrap(a, b, seed=seed)
-                rows.append({"arm": arm, "strategy": strategy, "k": k, "difference": cmp.difference,
-                             "ci_low": cmp.ci_low, "ci_high": cmp.ci_high, "within_noise": cmp.within_noise})
+        rows += [{"arm": arm, **row} for row in compare_directories(eval_dirs[BASELINE], directory, seed=seed)]
     return rows
 
 
