@@ -16,7 +16,6 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.quantization import nf4_config
@@ -128,14 +127,13 @@ def load_pretrained(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     trust_remote_code: bool = False,
-    lora: LoraConfig | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for generation or training.
 
     ``name_or_path``: a Hugging Face id, a local directory, ``"smollm2-135m-instruct"`` (embedded) or
     ``"tiny-llama"`` (random test model). The tokenizer pads on the left (generation) and always has a pad token.
-    ``lora``: a peft ``LoraConfig`` to wrap the model with (4-bit models are first prepared for k-bit training);
-    None (the default) returns the bare model, e.g. for TRL trainers that take ``peft_config`` themselves.
+    The model comes without adapters: the trainers add LoRA from their ``peft_config`` (TRL handles 4-bit
+    adapters (bf16 adapters, input gradients) there).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = resolve_dtype(dtype, device)
@@ -143,7 +141,7 @@ def load_pretrained(
         from recipes.tiny_llama import tiny_llama
 
         model, tokenizer = tiny_llama(dtype=torch_dtype)
-        return _with_lora(model.to(device), lora, quantized=False), tokenizer
+        return model.to(device), tokenizer
     path = resolve_model_path(name_or_path, cache_dir)
     if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in path:
         raise ValueError(f"model.name {name_or_path!r} is neither a local path, an embedded model nor a Hub id")
@@ -161,14 +159,5 @@ def load_pretrained(
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return _with_lora(model, lora, quantized), tokenizer
+    return model, tokenizer
 
-
-def _with_lora(model: PreTrainedModel, lora: LoraConfig | None, quantized: bool) -> PreTrainedModel:
-    if lora is None:
-        return model
-    if not isinstance(lora, LoraConfig):
-        raise TypeError(f"lora must be a peft.LoraConfig or None, got {type(lora).__name__}")
-    if quantized:
-        model = prepare_model_for_kbit_training(model)
-    return get_peft_model(model, lora)

@@ -79,16 +79,3 @@ def test_killed_conversion_leaves_nothing_that_loads(tmp_path):
     target = tmp_path / "smollm2-135m-instruct"
     assert not (target / models.COMPLETE_MARKER).exists()
     assert not target.exists()
-
-
-def test_lora_config_wraps_the_model_and_only_adapters_train():
-    from peft import LoraConfig, PeftModel
-
-    model, _ = models.load_pretrained("tiny-llama", device="cpu", lora=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert isinstance(model, PeftModel)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
-    # r × (in + out) per adapted projection: q is 64→64, v is 64→32 (2 kv heads × head_dim 16), 4 layers
-    assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == 4 * 4 * ((64 + 64) + (64 + 32))
-    with pytest.raises(TypeError, match="lora must be a peft.LoraConfig or None, got dict"):
-        models.load_pretrained("tiny-llama", device="cpu", lora={"r": 4})

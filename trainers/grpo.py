@@ -147,7 +147,7 @@ class CATGRPOTrainer(GRPOTrainer):
         if args.cat_strategy == "passk_advantage":
             return None, passk_training_advantage(correct, args.cat_n)
         answer_keys = None
-        if self.answer_key_fn is not None:
+        if args.cat_strategy == "majority" and args.cat_k == "dynamic":  # the only consumer of answer clusters
             keys = [self.answer_key_fn(c) for c in completions]
             answer_keys = [keys[i : i + m] for i in range(0, len(keys), m)]
         history = self.cat_history if args.cat_quantile == "history" else None
