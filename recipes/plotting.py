@@ -1,4 +1,5 @@
-"""Accuracy vs N and vs compute from ``results.json`` files: one line per strategy and checkpoint, 95% CI bands."""
+"""Figures: accuracy vs N and vs compute from ``results.json`` files (one line per strategy and checkpoint, 95% CI
+bands), and the training curves of a run."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def plot_results(paths: list[str | Path], out_png: str | Path, x: str = "k", str
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_training(log_history: list[dict], path: Path, label: str) -> Path:
+    """Reward, loss and CAT weight statistics against the optimizer step (whatever of them was logged)."""
+    keys = [k for k in ("reward", "loss", "cat/weight_mean", "cat/p_hat_mean") if any(k in e for e in log_history)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(e["step"], e[key]) for e in log_history if key in e]
+        ax.plot(*zip(*points), marker=".")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -32,6 +32,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from recipes import tracking
 from recipes.config import Recipe, to_dict
 from recipes.models import load_pretrained
+from recipes.plotting import plot_training
 from recipes.tasks import Task, load_task
 from trainers import CATGRPOConfig, CATGRPOTrainer, CATSFTConfig, CATSFTTrainer
 from trainers.checkpointing import CAT_STATE_FILE
@@ -225,27 +226,6 @@ def train_summary(log_history: list[dict], wall_time: float) -> dict:
     last = steps[-1] if steps else {}
     return {"global_step": last.get("step", 0), "wall_time": wall_time,
             "final": {k: v for k, v in last.items() if isinstance(v, (int, float))}, "log_history": log_history}
-
-
-def plot_training(log_history: list[dict], path: Path, label: str) -> Path:
-    """Reward, loss and CAT weight statistics against the optimizer step (whatever of them was logged)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in ("reward", "loss", "cat/weight_mean", "cat/p_hat_mean") if any(k in e for e in log_history)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        points = [(e["step"], e[key]) for e in log_history if key in e]
-        ax.plot(*zip(*points), marker=".")
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.suptitle(label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def print_summary(summaries: list[dict]) -> None:
