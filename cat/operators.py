@@ -104,28 +104,17 @@ class MajorityVote:
 
 
 @dataclass(frozen=True)
-class BestOfN:
-    """Best-of-N with a scorer: RL weight N·q^(N−1) on the reward quantile q; SFT = pass@N SFT on the best target."""
+class BestOfN(PassAtN):
+    """Best-of-N with a scorer: RL weight N·q^(N−1) on the reward quantile q; SFT = pass@N SFT on the best target.
 
-    n: int
-
-    def __post_init__(self):
-        check_positive_int(self.n, "n")
-
-    def success_probability(self, p) -> torch.Tensor:
-        """With a 0/1 verifier as the scorer, best-of-N succeeds exactly when pass@N does."""
-        return objectives.passn_probability(p, self.n)
-
-    def sft_weight(self, p) -> torch.Tensor:
-        return objectives.passn_sft_weight(p, self.n)
+    Success probability, SFT weight and SFT loss are pass@N's: with a 0/1 verifier as the scorer, best-of-N succeeds
+    exactly when pass@N does.
+    """
 
     def rl_weight(self, q, form: str = "raw") -> torch.Tensor:
         if _check_form(form) == "log":
             raise ValueError("form='log' is undefined for best-of-N: its RL weight is the rank weight N·q^(N−1)")
         return objectives.best_of_n_rl_weight(q, self.n)
-
-    def sft_loss(self, log_p, reduction: str = "mean") -> torch.Tensor:
-        return objectives.passn_sft_loss(log_p, self.n, reduction)
 
     def metric(self, rewards) -> float:
         """Exact expected best reward of N samples drawn from the problem's pool of rewards."""
