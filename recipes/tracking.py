@@ -30,24 +30,30 @@ def resolve_mode(mode: str) -> str:
 
 
 def start_run(logging_cfg, config: dict, output_dir: str | Path, run_name: str):
-    """Open (or, after a kill, reopen) the run of ``output_dir``; None when W&B is disabled or fails to start."""
+    """Open (after a kill: reopen) the run of ``output_dir``, or a new run if the old id is still held; None when W&B
+    is disabled or cannot start."""
     mode = resolve_mode(logging_cfg.mode)
     if mode == "disabled":
         return None
     output_dir = Path(output_dir)
     id_file = output_dir / RUN_ID_FILE
-    try:
-        import wandb
+    previous = id_file.read_text().strip() if id_file.is_file() else None
+    for run_id in [i for i in (previous, secrets.token_hex(4)) if i]:
+        try:
+            import wandb
 
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+            run = wandb.init(
+                project=logging_cfg.project, entity=logging_cfg.entity, name=run_name, tags=logging_cfg.tags,
+                config=config, dir=str(output_dir), mode=mode, id=run_id, resume="allow",
+            )
+        except Exception as error:  # noqa: BLE001 — W&B must never stop a run
+            # after a SIGKILL the dead process's W&B service can still hold the old id ("run ID is in use")
+            warnings.warn(f"W&B run {run_id} could not be opened: {type(error).__name__}: {error}", stacklevel=2)
+            continue
         id_file.write_text(run_id)
-        return wandb.init(
-            project=logging_cfg.project, entity=logging_cfg.entity, name=run_name, tags=logging_cfg.tags,
-            config=config, dir=str(output_dir), mode=mode, id=run_id, resume="allow",
-        )
-    except Exception as error:  # noqa: BLE001 — W&B must never stop a run
-        warnings.warn(f"W&B disabled for this run: {type(error).__name__}: {error}", stacklevel=2)
-        return None
+        return run
+    warnings.warn("W&B disabled for this run", stacklevel=2)
+    return None
 
 
 def finish(run) -> None:
