@@ -67,7 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from recipes.experiment import run_experiment
 
-    print(f"results: {run_experiment(args.directory, args.results, args.set or [])}")
+    print(f"results: {run_experiment(args.directory, args.results, args.set or [], jobs=args.jobs, seed=args.seed)}")
     return 0
 
 
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("directory", help="a directory of arm recipes, one of them baseline.yaml")
     experiment.add_argument("--results", default=None, help="where the committed results go (default results/NAME)")
     experiment.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field in every arm")
+    experiment.add_argument("--jobs", type=int, default=1, help="arms trained at once, as separate processes (GPU)")
+    experiment.add_argument("--seed", type=int, default=None,
+                            help="replicate with every arm's seed set to this, into OUTPUT-seedS and results/NAME-seedS")
     experiment.set_defaults(func=cmd_experiment)
 
     recipes = subparsers.add_parser("recipes", help="list the shipped recipes")

@@ -238,7 +238,8 @@ RECIPES_DIR = Path(__file__).parent
 
 
 def shipped_recipes() -> list[Path]:
-    return sorted(RECIPES_DIR.glob("*.yaml")) + sorted(RECIPES_DIR.glob("paper/*.yaml"))
+    return sorted(RECIPES_DIR.glob("*.yaml")) + sorted(RECIPES_DIR.glob("paper/*.yaml")) + sorted(
+        RECIPES_DIR.glob("experiments/*/*.yaml"))
 
 
 def resolve_recipe_path(path: str | Path) -> Path:

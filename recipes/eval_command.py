@@ -231,7 +231,8 @@ def run_eval(args: argparse.Namespace) -> dict:
                      prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
                      pot_updates=_int_list(args.pot_updates, "--pot-updates"),
                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
-    task = load_task(args.task, split=args.split, size=args.limit, seed=args.task_seed, data_dir=args.data_dir)
+    task = load_task(args.task, split=args.split, size=args.limit, seed=args.task_seed, data_dir=args.data_dir,
+                     **task_options(args.task_option or []))
     if not task.problems:
         raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
     if cfg.backend == "vllm":
@@ -239,7 +240,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     else:
         model, tokenizer = load_pretrained(args.model, dtype=args.dtype, load_in_4bit=False)
         if args.adapter:
-            model = _load_adapter(model, args.adapter)
+            model = _load_adapter(model, args.adapter)  # unmerged: merging into bf16 weights rounds the update away
         model.eval()
         num_parameters = None
     from recipes import tracking
@@ -327,6 +328,19 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def task_options(pairs: list[str]) -> dict:
+    """``--task-option KEY=VALUE`` pairs (values parsed as YAML), e.g. ``max_operand=19`` for arithmetic."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-option must be KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",")]
@@ -342,6 +356,8 @@ def register(subparsers) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first M problems")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a task option, e.g. max_operand=19 or test_one_in=2 for arithmetic (repeatable)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--ks", default="1,2,4,8,16,32,64")

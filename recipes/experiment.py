@@ -2,7 +2,10 @@
 
 ``DIR`` holds one recipe per arm (``*.yaml``), identical except for the objective; the arm named ``baseline`` is the
 reference of the paired comparisons. The untrained base model is evaluated on the same problems with the same
-sampling settings as arm ``base``. Every arm resumes after a kill and is skipped once finished.
+sampling settings as arm ``base``. Every arm resumes after a kill and is skipped once finished. ``--jobs J`` trains
+J arms at once as separate ``catpot train`` processes (a GPU is mostly idle under one small model), each logging to
+``<arm output_dir>.log``. ``--seed S`` replicates the experiment with every arm's ``seed`` set to S, into
+``<parent of the arms' output_dir>-seedS/`` and ``results/<DIR name>-seedS``.
 
 ``--results RESULTS`` (default ``results/<DIR name>``) receives, for committing: ``<arm>.json`` (the arm's
 results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sample), ``comparisons.json`` (paired
@@ -14,23 +17,58 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pot.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
-from recipes.models import load_pretrained
+from recipes.models import load_pretrained, resolve_model_path
 from recipes.plotting import plot_results
 from recipes.train import load_eval_task, train
 
 BASELINE, BASE_MODEL = "baseline", "base"
 
 
-def arm_recipes(directory: str | Path, overrides: list[str] = ()) -> dict:
+def arm_paths(directory: str | Path) -> dict[str, Path]:
     paths = sorted(Path(directory).glob("*.yaml"))
     if not any(p.stem == BASELINE for p in paths):
         raise FileNotFoundError(f"experiment {directory}: needs a {BASELINE}.yaml arm, found {[p.name for p in paths]}")
-    return {p.stem: load_recipe(p, list(overrides)) for p in paths}
+    return {p.stem: p for p in paths}
+
+
+def seed_overrides(path: Path, overrides: list[str], seed: int | None) -> list[str]:
+    """``overrides`` plus, for a replication with another ``seed``, that seed and a sibling output directory."""
+    if seed is None:
+        return list(overrides)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"--seed must be an int, got {seed!r}")
+    output_dir = Path(load_recipe(path, list(overrides)).output_dir)
+    replica = output_dir.parent.with_name(f"{output_dir.parent.name}-seed{seed}") / output_dir.name
+    return [*overrides, f"seed={seed}", f"output_dir={replica}"]
+
+
+def train_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, list[str]], jobs: int) -> None:
+    """``catpot train --resume`` for every arm, ``jobs`` processes at a time; a failed arm names its log."""
+    for recipe in {(r.model.name, r.model.cache_dir): r for r in arms.values()}.values():
+        resolve_model_path(recipe.model.name, recipe.model.cache_dir)  # convert once, before the processes race
+
+    def train_arm(name: str) -> None:
+        log = Path(f"{arms[name].output_dir}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "recipes.cli", "train", str(paths[name]), "--resume",
+                   *(f"--set={o}" for o in overrides[name])]
+        print(f"training arm {name}: log {log}")
+        with open(log, "a") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise ChildProcessError(f"experiment: arm {name!r} failed with exit code {code}; see {log}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(train_arm, name) for name in arms]:
+            future.result()
 
 
 def evaluate_base_model(recipe, out_dir: Path) -> dict:
@@ -57,13 +95,21 @@ def compare_to_baseline(eval_dirs: dict[str, Path], seed: int = 0) -> list[dict]
     return rows
 
 
-def run_experiment(directory: str | Path, results_dir: str | Path | None = None, overrides: list[str] = ()) -> Path:
-    arms = arm_recipes(directory, overrides)
-    results = Path(results_dir or Path("results") / Path(directory).name)
+def run_experiment(directory: str | Path, results_dir: str | Path | None = None, overrides: list[str] = (),
+                   jobs: int = 1, seed: int | None = None) -> Path:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a positive int, got {jobs!r}")
+    paths = arm_paths(directory)
+    arm_overrides = {name: seed_overrides(path, list(overrides), seed) for name, path in paths.items()}
+    arms = {name: load_recipe(path, arm_overrides[name]) for name, path in paths.items()}
+    name = Path(directory).resolve().name + ("" if seed is None else f"-seed{seed}")
+    results = Path(results_dir or Path("results") / name)
     results.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        train_in_parallel(paths, arms, arm_overrides, jobs)
     eval_dirs = {}
     for name, recipe in arms.items():
-        train(recipe, resume=True)
+        train(recipe, resume=True)  # after parallel training: only reports "already complete"
         eval_dirs[name] = Path(recipe.output_dir) / "eval"
     reference = arms[BASELINE]
     base_dir = Path(reference.output_dir).parent / BASE_MODEL / "eval"

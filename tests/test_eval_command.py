@@ -223,3 +223,28 @@ def test_parameter_count_on_meta_matches_the_loaded_model(tiny, tmp_path):
     model, _ = tiny
     model.save_pretrained(tmp_path / "m")
     assert parameter_count(str(tmp_path / "m")) == sum(p.numel() for p in model.parameters())
+
+
+def test_task_options_and_pot_on_a_trained_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from recipes.models import load_pretrained
+
+    model, _ = load_pretrained("tiny-llama", dtype="float32")
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # non-zero: a real change
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "eval"
+    catpot(["eval", "--model", "tiny-llama", "--adapter", str(tmp_path / "adapter"), "--task", "arithmetic",
+            "--task-option", "max_operand=19", "--task-option", "test_one_in=2", "--limit", "25", "--n", "2",
+            "--ks", "1,2", "--strategies", "pass,pot", "--pot-updates", "0,1", "--pot-runs", "1",
+            "--pot-segment-tokens", "2", "--max-new-tokens", "4", "--dtype", "float32", "--out", str(out)])
+    with pytest.raises(ValueError, match="exceeds the 20 distinct test problems"):  # the default set is smaller
+        load_task("arithmetic", split="test", size=25)
+    expected = load_task("arithmetic", split="test", size=25, max_operand=19, test_one_in=2).problems
+    _, records = read_records(out / "records.jsonl")
+    assert [r["id"] for r in records] == [p.id for p in expected]
+    assert all(set(r["pot"]) == {"0", "1"} for r in records)
+    with pytest.raises(ValueError, match="--task-option must be KEY=VALUE, got 'max_operand'"):
+        catpot(tiny_eval_argv(tmp_path / "o", "--task-option", "max_operand"))
+    with pytest.raises(ValueError, match="task.test_one_in must be an int >= 2, got 1"):
+        catpot(tiny_eval_argv(tmp_path / "o", "--task-option", "test_one_in=1"))

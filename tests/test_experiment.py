@@ -12,7 +12,8 @@ from recipes.cli import main
 from test_train_pipeline import TINY_RECIPE
 
 
-def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys, jobs):
     arms = tmp_path / "arms"
     arms.mkdir()
     for arm, strategy in (("baseline", "none"), ("passn4", "passn")):
@@ -24,8 +25,10 @@ def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys):
         recipe["output_dir"] = str(tmp_path / "runs" / arm)
         (arms / f"{arm}.yaml").write_text(yaml.safe_dump(recipe))
     results = tmp_path / "results"
-    assert main(["experiment", str(arms), "--results", str(results)]) == 0
+    assert main(["experiment", str(arms), "--results", str(results), "--jobs", str(jobs)]) == 0
     assert "arm − baseline" in capsys.readouterr().out
+    if jobs > 1:  # each arm trained in its own process, which logged its own progress
+        assert all("catpot runs" in (tmp_path / "runs" / f"{arm}.log").read_text() for arm in ("baseline", "passn4"))
     for arm in ("baseline", "passn4", "base"):
         summary = json.loads((results / f"{arm}.json").read_text())
         assert summary["model"] == arm and summary["num_problems"] == 3
@@ -45,3 +48,19 @@ def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys):
         b = [problem_values(records[c["arm"]][i], c["strategy"], c["k"], "oracle")[0] for i in ids]
         assert c["difference"] == pytest.approx(paired_bootstrap(a, b, seed=0).difference)
         assert c["difference"] == pytest.approx(sum(b) / 3 - sum(a) / 3)
+
+
+def test_seed_replication_moves_every_arm_to_a_sibling_directory(tmp_path):
+    from recipes.config import load_recipe
+    from recipes.experiment import seed_overrides
+
+    recipe = json.loads(json.dumps(TINY_RECIPE))
+    recipe["output_dir"] = str(tmp_path / "runs" / "exp" / "passn4")
+    path = tmp_path / "passn4.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert seed_overrides(path, ["train.trl.max_steps=3"], None) == ["train.trl.max_steps=3"]
+    replica = load_recipe(path, seed_overrides(path, ["train.trl.max_steps=3"], 2))
+    assert replica.seed == 2 and replica.train.trl["max_steps"] == 3
+    assert replica.output_dir == str(tmp_path / "runs" / "exp-seed2" / "passn4")
+    with pytest.raises(ValueError, match="--seed must be an int, got '1'"):
+        seed_overrides(path, [], "1")

@@ -411,3 +411,28 @@ def test_gate_fit_recovers_linear_benefit_and_gates_off_to_plain(tiny):
     plain = PoTGenerator(model, tok, PoTConfig(max_updates=0, segment_tokens=5)).generate(PROMPTS, max_new_tokens=15)
     assert [g.token_ids for g in gated] == [p.token_ids for p in plain]
     assert all(g.trace.gated_off and not g.trace.updates for g in gated)
+
+
+def test_pot_on_an_unmerged_peft_adapter_equals_pot_on_the_merged_model(tiny):
+    """A trained arm is evaluated with its LoRA unmerged (merging into bf16 weights would round the update away): the
+    slot hooks then sit on peft's wrapped q/v projections and must see exactly what the merged fp32 model computes."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(copy.deepcopy(model), lora).eval()
+    merged = copy.deepcopy(wrapped).merge_and_unload().eval()
+    runs = []
+    for m in (wrapped, merged):
+        generator = PoTGenerator(m, tok, PoTConfig(max_updates=3, segment_tokens=3, temperature=1.0, seed=5))
+        try:
+            results = generator.generate(["What is 3 + 4?", "What is 12 + 7? Answer"], 12)
+        finally:
+            generator.bank.remove()
+        runs.append([(r.text, [u.adapter_norm for u in r.trace.updates]) for r in results])
+    assert all(len(norms) == 3 for _, norms in runs[0])  # the updates happened
+    assert [t for t, _ in runs[0]] == [t for t, _ in runs[1]]
+    for (_, a), (_, b) in zip(*runs):
+        assert a == pytest.approx(b, rel=1e-4)

@@ -42,6 +42,19 @@ def test_arithmetic_splits_are_disjoint_for_any_seed():
     assert all(split_of(p.removeprefix("What is ").split("?")[0]) == "test" for p in test)
 
 
+def test_test_one_in_sets_the_held_out_share_and_keeps_splits_disjoint():
+    # operands 0..19 give 400 expressions; 1 in 2 by hash is 209 of them, enough for a 200-problem held-out set
+    all_expressions = {f"{a} + {b}" for a in range(20) for b in range(20)}
+    test = load_task("arithmetic", split="test", size=209, max_operand=19, test_one_in=2)
+    train = load_task("arithmetic", split="train", size=191, max_operand=19, test_one_in=2)
+    held_out = {p.prompt.split("What is ")[1].split("?")[0] for p in test.problems}
+    trained = {p.prompt.split("What is ")[1].split("?")[0] for p in train.problems}
+    assert held_out | trained == all_expressions and not held_out & trained
+    assert all(split_of(e, 2) == "test" for e in held_out)
+    with pytest.raises(ValueError, match=r"exceeds the 209 distinct test problems .* test_one_in=2"):
+        load_task("arithmetic", split="test", size=210, max_operand=19, test_one_in=2)
+
+
 def test_arithmetic_verifier_and_answer_keys():
     task = load_task("arithmetic", split="test", size=3, digits=1)
     problem = task.problems[0]
@@ -72,6 +85,7 @@ def test_math_datasets_from_local_jsonl(shared_data_dir):
         ({"name": "arithmetic", "operators": "/"}, ValueError, r"task.operators .* got '/'"),
         ({"name": "arithmetic", "size": 500, "digits": 1}, ValueError, r"task.size=500 exceeds the 80 distinct"),
         ({"name": "arithmetic", "max_operand": 0}, ValueError, r"task.max_operand must be a positive int, got 0"),
+        ({"name": "arithmetic", "test_one_in": 1}, ValueError, r"task.test_one_in must be an int >= 2, got 1"),
         ({"name": "gsm8k", "split": "test", "data_dir": "/nonexistent"}, FileNotFoundError, r"task.data_dir: .*gsm8k/test.jsonl"),
         ({"name": "math500", "split": "train", "data_dir": "/tmp"}, ValueError, r"task.split for math500 .* got 'train'"),
         ({"name": "gsm8k", "split": "test", "digits": 2}, ValueError, r"unknown option\(s\) for task 'gsm8k'"),

@@ -1,7 +1,7 @@
 """Procedural arithmetic: the embedded default task, seeded, with a difficulty knob and disjoint splits.
 
-Every expression belongs to exactly one split by a stable hash of its text (1 in 5 to ``test``), so the train
-and test problem sets are disjoint by construction for every seed and size.
+Every expression belongs to exactly one split by a stable hash of its text (1 in ``test_one_in``, default 5, to
+``test``), so the train and test problem sets are disjoint by construction for every seed and size.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from recipes.tasks.base import Problem, Task
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 SPLITS = ("train", "test")
 DEFAULT_TEMPLATE = "What is {expression}? Answer with just the number."
-DEFAULTS = {"digits": 1, "terms": 2, "operators": "+"}
+DEFAULTS = {"digits": 1, "terms": 2, "operators": "+", "test_one_in": 5}
 
 
-def split_of(expression: str) -> str:
+def split_of(expression: str, test_one_in: int = DEFAULTS["test_one_in"]) -> str:
     digest = hashlib.sha1(expression.encode()).digest()
-    return "test" if digest[0] % 5 == 0 else "train"
+    return "test" if digest[0] % test_one_in == 0 else "train"
 
 
 def _evaluate(operands: list[int], ops: list[str]) -> int:
@@ -39,11 +39,13 @@ def load_arithmetic(
     terms: int = DEFAULTS["terms"],
     operators: str = DEFAULTS["operators"],
     max_operand: int | None = None,
+    test_one_in: int = DEFAULTS["test_one_in"],
 ) -> Task:
     """``size`` problems (default 200) with ``terms`` operands in [0, max_operand] joined by ``operators``.
 
     ``max_operand`` defaults to the largest ``digits``-digit number; setting it gives difficulties between whole
-    digit counts (and problem sets large enough for a held-out split of hundreds of problems).
+    digit counts (and problem sets large enough for a held-out split of hundreds of problems). ``test_one_in`` sets
+    the held-out share: 2 puts half of all expressions in ``test`` (the same value must be used for both splits).
     """
     if split not in SPLITS:
         raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
@@ -52,6 +54,8 @@ def load_arithmetic(
             raise ValueError(f"task.{name} must be a positive int, got {value!r}")
     if max_operand is not None and (isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1):
         raise ValueError(f"task.max_operand must be a positive int, got {max_operand!r}")
+    if isinstance(test_one_in, bool) or not isinstance(test_one_in, int) or test_one_in < 2:
+        raise ValueError(f"task.test_one_in must be an int >= 2, got {test_one_in!r}")
     largest = 10**digits - 1 if max_operand is None else max_operand
     if terms < 2:
         raise ValueError(f"task.terms must be >= 2, got {terms!r}")
@@ -71,7 +75,7 @@ def load_arithmetic(
         operands = [rng.randrange(largest + 1) for _ in range(terms)]
         ops = [rng.choice(ops_alphabet) for _ in range(terms - 1)]
         expression = " ".join(f"{x} {o}" for x, o in zip(operands, ops)) + f" {operands[-1]}"
-        if expression in seen or split_of(expression) != split:
+        if expression in seen or split_of(expression, test_one_in) != split:
             continue
         seen.add(expression)
         problems.append(
@@ -84,6 +88,6 @@ def load_arithmetic(
     if len(problems) < size:
         raise ValueError(
             f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
-            f"terms={terms}, max_operand={largest}; raise task.digits, task.max_operand or task.terms"
+            f"terms={terms}, max_operand={largest}, test_one_in={test_one_in}; raise task.digits, task.max_operand or task.terms"
         )
     return Task("arithmetic", problems)
