@@ -80,9 +80,15 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from recipes.plotting import plot_results
+    import json
 
-    print(plot_results(args.results, args.output, x=args.x))
+    from recipes.plotting import plot_differences, plot_results
+
+    if args.differences:
+        replicas = {Path(path).parent.name: json.loads(Path(path).read_text()) for path in args.results}
+        print(plot_differences(replicas, args.output))
+    else:
+        print(plot_results(args.results, args.output, x=args.x))
     return 0
 
 
@@ -124,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(func=cmd_recipes)
 
     plot = subparsers.add_parser("plot", help="plot results.json files into one figure")
-    plot.add_argument("results", nargs="+", help="results.json files")
+    plot.add_argument("results", nargs="+", help="results.json files (comparisons.json files with --differences)")
+    plot.add_argument("--differences", action="store_true",
+                      help="plot experiments' arm − baseline differences from their comparisons.json files")
     plot.add_argument("-o", "--output", required=True, help="output PNG")
     plot.add_argument("--x", default="k", help="x axis (default: k)")
     plot.set_defaults(func=cmd_plot)

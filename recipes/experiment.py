@@ -9,7 +9,9 @@ J arms at once as separate ``catpot train`` processes (a GPU is mostly idle unde
 
 ``--results RESULTS`` (default ``results/<DIR name>``) receives, for committing: ``<arm>.json`` (the arm's
 results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sample), ``comparisons.json`` (paired
-bootstrap of each arm against the baseline, per strategy and k) and one figure per strategy with 95% intervals.
+bootstrap of each arm against the baseline, per strategy and k), one figure per strategy with 95% intervals and
+``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>/`` with
+each arm's offline W&B run (upload with ``wandb sync results/NAME/wandb/<arm>/offline-run-*``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pot.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
 from recipes.models import load_pretrained, resolve_model_path
-from recipes.plotting import plot_results
+from recipes.plotting import plot_differences, plot_results
 from recipes.train import load_eval_task, train
 
 BASELINE, BASE_MODEL = "baseline", "base"
@@ -121,11 +123,16 @@ def run_experiment(directory: str | Path, results_dir: str | Path | None = None,
         (results / f"{name}.json").write_text(json.dumps(summary, indent=2))
         with open(directory_ / "records.jsonl", "rb") as source, gzip.open(results / f"{name}.records.jsonl.gz", "wb") as target:
             shutil.copyfileobj(source, target)
+    for name, recipe in arms.items():
+        for run in sorted((Path(recipe.output_dir) / "wandb").glob("offline-run-*")):
+            shutil.copytree(run, results / "wandb" / name / run.name, dirs_exist_ok=True,
+                            ignore_dangling_symlinks=True)  # wandb links its core log into a temp dir
     comparisons = compare_to_baseline(eval_dirs, seed=reference.seed)
     (results / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
     arm_files = [results / f"{name}.json" for name in eval_dirs]
     for strategy in json.loads(arm_files[0].read_text())["curves"]:
         plot_results(arm_files, results / f"{strategy}_at_k.png", x="k", strategies=[strategy])
+    plot_differences({"": comparisons}, results / "difference_vs_baseline.png")
     print_comparisons(comparisons)
     return results
 

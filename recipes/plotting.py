@@ -1,5 +1,5 @@
 """Figures: accuracy vs N and vs compute from ``results.json`` files (one line per strategy and checkpoint, 95% CI
-bands), and the training curves of a run."""
+bands), each experiment arm's paired difference from its baseline, and the training curves of a run."""
 
 from __future__ import annotations
 
@@ -40,6 +40,41 @@ def plot_results(paths: list[str | Path], out_png: str | Path, x: str = "k", str
     ax.set_ylabel("accuracy" if strategies is None else " / ".join(f"{s}@k" for s in strategies))
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_differences(replicas: dict[str, list[dict]], out_png: str | Path, strategies: tuple[str, ...] = ("pass", "maj"),
+                     skip_arms: tuple[str, ...] = ("base",)) -> Path:
+    """Arm − baseline against k with the paired-bootstrap 95% band, one panel per strategy, one colour per arm.
+
+    ``replicas`` maps a label (e.g. a seed's results directory) to its ``comparisons.json`` rows; each replica gets
+    its own line style, so replications of one experiment can be read off one figure.
+    """
+    if not replicas:
+        raise ValueError("plot_differences needs at least one set of comparisons, got none")
+    arms = sorted({r["arm"] for rows in replicas.values() for r in rows} - set(skip_arms))
+    colours = {arm: f"C{i}" for i, arm in enumerate(arms)}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(strategies), figsize=(5.5 * len(strategies), 4), squeeze=False)
+    for ax, strategy in zip(axes[0], strategies):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        for index, (label, rows) in enumerate(replicas.items()):
+            for arm in arms:
+                points = sorted((r for r in rows if r["arm"] == arm and r["strategy"] == strategy), key=lambda r: r["k"])
+                if not points:
+                    continue
+                ks = [p["k"] for p in points]
+                ax.plot(ks, [p["difference"] for p in points], marker="o", markersize=3, color=colours[arm],
+                        linestyle=styles[index % len(styles)], label=f"{arm} {label}".strip())
+                ax.fill_between(ks, [p["ci_low"] for p in points], [p["ci_high"] for p in points],
+                                color=colours[arm], alpha=0.08)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples per problem (k)")
+        ax.set_ylabel(f"{strategy}@k: arm − baseline")
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)

@@ -21,7 +21,7 @@ def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys, jobs):
         recipe["train"]["cat_strategy"] = strategy
         recipe["train"]["trl"]["max_steps"] = 1
         recipe["eval"].update(size=3, n=4, ks=[1, 4])
-        recipe["logging"]["mode"] = "disabled"
+        recipe["logging"]["mode"] = "offline"
         recipe["output_dir"] = str(tmp_path / "runs" / arm)
         (arms / f"{arm}.yaml").write_text(yaml.safe_dump(recipe))
     results = tmp_path / "results"
@@ -34,8 +34,14 @@ def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys, jobs):
         assert summary["model"] == arm and summary["num_problems"] == 3
         with gzip.open(results / f"{arm}.records.jsonl.gz", "rt") as f:
             assert sum(1 for line in f if '"samples"' in line) == 3
-    for figure in ("pass_at_k.png", "maj_at_k.png"):
+    for arm in ("baseline", "passn4"):  # the offline W&B run of every trained arm, ready for `wandb sync`
+        assert list((results / "wandb" / arm).glob("offline-run-*/run-*.wandb"))
+    for figure in ("pass_at_k.png", "maj_at_k.png", "difference_vs_baseline.png"):
         assert (results / figure).stat().st_size > 1000
+    replicated = tmp_path / "replicas.png"  # replications overlay in one difference figure
+    assert main(["plot", "--differences", str(results / "comparisons.json"), str(results / "comparisons.json"),
+                 "-o", str(replicated)]) == 0
+    assert replicated.stat().st_size > 1000
     # every comparison is the paired bootstrap of the two arms' per-problem values on the same problems
     records = {arm: {r["id"]: r for r in read_records(tmp_path / "runs" / arm / "eval" / "records.jsonl")[1]}
                for arm in ("baseline", "passn4", "base")}
