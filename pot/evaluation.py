@@ -106,7 +106,15 @@ def _weighted_vote_hits(answer_keys, correct, weights, subsets: torch.Tensor) ->
 
 def problem_values(record: dict, strategy: str, k: int, scorer: str = "oracle",
                    mc_samples: int | None = None, seed: int = 0) -> tuple[float, float]:
-    """(value, Monte Carlo standard error) of one problem under ``strategy`` at ``k``."""
+    """(value, Monte Carlo standard error) of one problem under ``strategy`` at ``k``.
+
+    ``pot@u``: oracle best-of-k over the problem's PoT runs with update budget u (unbiased pass@k over the runs).
+    """
+    if strategy.startswith("pot@"):
+        runs = record.get("pot", {}).get(strategy[4:])
+        if not runs:
+            raise ValueError(f"strategy {strategy!r}: problem {record.get('id')!r} has no PoT runs with that budget")
+        return float(pass_at_k(len(runs), sum(run["correct"] for run in runs), k)), 0.0
     samples = record["samples"]
     correct = [bool(s["correct"]) for s in samples]
     n, c = len(samples), sum(correct)
@@ -207,7 +215,7 @@ def pot_curves(records: list[dict], ks: list[int], seed: int = 0) -> dict:
         runs_of = [r["pot"][budget] for r in records]
         points = []
         for k in check_ks(ks, min(len(runs) for runs in runs_of)):
-            values = [float(pass_at_k(len(runs), sum(run["correct"] for run in runs), k)) for runs in runs_of]
+            values = [problem_values(r, f"pot@{budget}", k)[0] for r in records]
             low, high = bootstrap_ci(values, seed=seed)
             totals = {key: sum(k * sum(run[key] for run in runs) / len(runs) for runs in runs_of)
                       for key in ("generated_tokens", "forward_tokens", "backward_tokens", "flops", "wall_time")}

@@ -22,6 +22,7 @@ def plot_results(paths: list[str | Path], out_png: str | Path, x: str = "k", str
     if not paths:
         raise ValueError("plot_results needs at least one results.json path, got none")
     fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more runs x strategies than tab10 has colours
     for path in paths:
         results = json.loads(Path(path).read_text())
         for strategy, points in results["curves"].items():
@@ -32,7 +33,12 @@ def plot_results(paths: list[str | Path], out_png: str | Path, x: str = "k", str
             else:
                 key = "flops" if all(p["flops"] > 0 for p in points) else "generated_tokens"
                 xs = [p[key] for p in points]
-            line, = ax.plot(xs, [p["value"] for p in points], marker="o", label=f"{results['model']} {strategy}")
+            label, values = f"{results['model']} {strategy}", [p["value"] for p in points]
+            if len(points) == 1:  # a band needs two x values: draw the interval as an error bar
+                ax.errorbar(xs, values, yerr=[[values[0] - points[0]["ci_low"]], [points[0]["ci_high"] - values[0]]],
+                            fmt="s", capsize=4, label=label)
+                continue
+            line, = ax.plot(xs, values, marker="o", label=label)
             ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points],
                             color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2 if x == "k" else 10)

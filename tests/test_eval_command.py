@@ -192,6 +192,10 @@ def test_pot_strategy_curves_and_compute(tiny, tmp_path):
         assert one["value"] == pytest.approx(sum(run["correct"] for runs in runs_of for run in runs) / 4)
         assert two["value"] == pytest.approx(sum(any(run["correct"] for run in runs) for runs in runs_of) / 2)
         assert two["generated_tokens"] == pytest.approx(sum(run["generated_tokens"] for runs in runs_of for run in runs))
+    # catpot compare pairs PoT curves too: an evaluation against itself differs by exactly 0 everywhere
+    rows = catpot(["compare", str(tmp_path), str(tmp_path)])
+    assert {(r["strategy"], r["k"]) for r in rows} == {(s, k) for s in ("pass", "pot@0", "pot@2") for k in (1, 2)}
+    assert all(r["difference"] == 0 for r in rows)
     assert results["curves"]["pot@0"][0]["backward_tokens"] == 0
     assert results["curves"]["pot@2"][0]["backward_tokens"] > 0  # updates happened and are charged
     assert results["curves"]["pot@2"][0]["flops"] > results["curves"]["pot@2"][0]["forward_tokens"] * 2 * sum(
