@@ -104,8 +104,8 @@ def run_experiment(directory: str | Path, results_dir: str | Path | None = None,
     paths = arm_paths(directory)
     arm_overrides = {name: seed_overrides(path, list(overrides), seed) for name, path in paths.items()}
     arms = {name: load_recipe(path, arm_overrides[name]) for name, path in paths.items()}
-    name = Path(directory).resolve().name + ("" if seed is None else f"-seed{seed}")
-    results = Path(results_dir or Path("results") / name)
+    experiment = Path(directory).resolve().name + ("" if seed is None else f"-seed{seed}")
+    results = Path(results_dir or Path("results") / experiment)
     results.mkdir(parents=True, exist_ok=True)
     if jobs > 1:
         train_in_parallel(paths, arms, arm_overrides, jobs)

@@ -88,6 +88,7 @@ def load_arithmetic(
     if len(problems) < size:
         raise ValueError(
             f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
-            f"terms={terms}, max_operand={largest}, test_one_in={test_one_in}; raise task.digits, task.max_operand or task.terms"
+            f"terms={terms}, max_operand={largest}, test_one_in={test_one_in}; raise task.digits, task.max_operand "
+            "or task.terms"
         )
     return Task("arithmetic", problems)
