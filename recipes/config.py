@@ -198,13 +198,11 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, flag: str = "--set") -> tuple[str, Any]:
     """``"train.cat_n=16"`` → ``("train.cat_n", 16)``; the value is parsed as YAML (ints, floats, lists, null)."""
-    if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    if not key:
-        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{flag} expects key=value, got {text!r}")
     value = yaml.safe_load(raw) if raw.strip() else ""
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-5" as a string; a number is what the user meant.

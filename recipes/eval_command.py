@@ -329,16 +329,10 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
 
 
 def task_options(pairs: list[str]) -> dict:
-    """``--task-option KEY=VALUE`` pairs (values parsed as YAML), e.g. ``max_operand=19`` for arithmetic."""
-    import yaml
+    """``--task-option KEY=VALUE`` pairs (values parsed as in ``--set``), e.g. ``max_operand=19`` for arithmetic."""
+    from recipes.config import parse_override  # recipes.config imports this module: import it at call time
 
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--task-option must be KEY=VALUE, got {pair!r}")
-        options[key] = yaml.safe_load(value)
-    return options
+    return dict(parse_override(pair, "--task-option") for pair in pairs)
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -70,3 +70,22 @@ def test_seed_replication_moves_every_arm_to_a_sibling_directory(tmp_path):
     assert replica.output_dir == str(tmp_path / "runs" / "exp-seed2" / "passn4")
     with pytest.raises(ValueError, match="--seed must be an int, got '1'"):
         seed_overrides(path, [], "1")
+
+
+def test_difference_figure_draws_each_arm_and_replica_from_its_comparisons(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from recipes import plotting
+
+    rows = [{"arm": arm, "strategy": s, "k": k, "difference": d + k / 100, "ci_low": d - 0.1, "ci_high": d + 0.1}
+            for arm, d in (("cat", -0.05), ("base", -0.4)) for s in ("pass", "maj") for k in (1, 4)]
+    figures = []
+    monkeypatch.setattr(plotting.plt, "close", figures.append)  # keep the figure open to read what was drawn
+    plotting.plot_differences({"seed0": rows, "seed1": rows[::-1]}, tmp_path / "d.png")
+    (fig,) = figures
+    for ax in fig.axes:
+        arm_lines = ax.lines[1:]  # after the zero line; the "base" arm is left out by default
+        assert [line.get_label() for line in arm_lines] == ["cat seed0", "cat seed1"]
+        for line in arm_lines:  # sorted by k whatever the row order
+            assert list(line.get_xdata()) == [1, 4] and list(line.get_ydata()) == pytest.approx([-0.04, -0.01])
+    plt.close(fig)
