@@ -1,9 +1,12 @@
 """Estimators: evaluation metrics from a pool of samples, and the per-prompt quantities CAT training plugs in.
 
 Evaluation (all from the same n samples of one problem):
-* ``pass_at_k``           unbiased pass@k 1 − C(n−c,k)/C(n,k) (Chen et al. 2021, Codex), stable product form
-* ``majority_at_k``       expected plurality-vote accuracy over size-k subsets (CAT repo ``docs/evaluation.md``)
-* ``best_of_k_expected``  exact expected maximum reward over size-k subsets (CAT App. L/M)
+* ``pass_at_k``           unbiased pass@k 1 − C(n−c,k)/C(n,k) (Chen et al. 2021, Codex), vectorised over problems
+* ``majority_at_k``       expected (weighted) plurality-vote accuracy over size-k subsets (CAT repo
+                          ``docs/evaluation.md``), exact by counting subsets per answer cluster; ties shared equally;
+                          ``majority_curve`` gives every k at once
+* ``best_of_k_expected``  exact expected outcome of the top-scoring sample of a size-k subset (CAT App. L/M);
+                          ``best_of_k_curve`` gives every k at once
 
 Training (rows = prompts, columns = their m rollouts):
 * p̂ estimators ``empirical``, ``laplace``, ``sequence``, ``length_normalized`` (CAT §6, App. J floor)
@@ -18,13 +21,14 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import random
 from collections import Counter, deque
 from collections.abc import Hashable, Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
 
+from cat import _votes
 from cat._logspace import log_binom
 from cat._validation import as_float64, check_finite, check_k, check_not_nan, check_positive_int, check_same_shape
 
@@ -32,7 +36,9 @@ __all__ = [
     "pass_at_k",
     "MajorityEstimate",
     "majority_at_k",
+    "majority_curve",
     "best_of_k_expected",
+    "best_of_k_curve",
     "empirical",
     "laplace",
     "sequence",
@@ -64,6 +70,8 @@ def pass_at_k(n, c, k: int) -> torch.Tensor:
     """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) = 1 − Π_{i=n−c+1}^{n} (1 − k/i), per problem (float64).
 
     ``n`` (samples) and ``c`` (correct) are ints or arrays of them, one entry per problem; ``k`` ≤ every n.
+    Evaluated for all problems at once as −expm1(Σ_i log1p(−k/i)), which keeps full relative precision when
+    pass@k is small (the product form 1 − Π loses digits to cancellation there).
     """
     k = check_positive_int(k, "k")
     n_t, c_t = torch.broadcast_tensors(_as_count_tensor(n, "n"), _as_count_tensor(c, "c"))
@@ -72,15 +80,15 @@ def pass_at_k(n, c, k: int) -> torch.Tensor:
     if bool(((c_t < 0) | (c_t > n_t)).any()):
         bad = c_t[(c_t < 0) | (c_t > n_t)].flatten()[0]
         raise ValueError(f"c must satisfy 0 <= c <= n, got c={int(bad)}")
-    flat_n, flat_c = n_t.flatten().tolist(), c_t.flatten().tolist()
-    values = []
-    for ni, ci in zip(flat_n, flat_c):
-        if ni - ci < k:
-            values.append(1.0)
-        else:
-            i = torch.arange(ni - ci + 1, ni + 1, dtype=torch.float64)
-            values.append(1.0 - float(torch.prod(1.0 - k / i)))
-    return torch.tensor(values, dtype=torch.float64).reshape(n_t.shape)
+    flat_n, flat_c = n_t.flatten(), c_t.flatten()
+    certain = flat_n - flat_c < k  # every size-k subset holds a correct sample
+    width = int(flat_c.max()) if flat_c.numel() else 0
+    offset = torch.arange(width)
+    i = (flat_n[:, None] - offset).to(torch.float64)  # n, n−1, ..., n−c+1 in the first c columns of each row
+    used = (offset < flat_c[:, None]) & ~certain[:, None]
+    terms = torch.log1p(-k / torch.where(used, i, torch.full_like(i, math.inf)))
+    values = torch.where(certain, torch.ones_like(flat_n, dtype=torch.float64), -torch.expm1(terms.sum(-1)))
+    return values.reshape(n_t.shape)
 
 
 def _pass_at_k_allow_zero(n: int, c: int, k: int) -> float:
@@ -94,7 +102,7 @@ def _pass_at_k_allow_zero(n: int, c: int, k: int) -> float:
 
 
 class MajorityEstimate(NamedTuple):
-    """maj@k of one problem: ``value`` and its Monte Carlo standard error (0.0 when enumerated exactly)."""
+    """maj@k of one problem: ``value`` and its Monte Carlo standard error (0.0 when computed exactly)."""
 
     value: float
     stderr: float
@@ -110,67 +118,181 @@ def _check_flags(correct: Sequence, name: str = "correct") -> list[bool]:
     return [bool(flag) for flag in flags]
 
 
-def _plurality_is_correct(subset: Sequence[int], keys: Sequence[Hashable | None], correct: Sequence[bool]) -> bool:
-    votes = Counter(keys[i] for i in subset if keys[i] is not None)
-    if not votes:
-        return False
-    top = max(votes.values())
-    # ties go to the answer that occurs first in the subset's sample order
-    winner = next(i for i in subset if keys[i] is not None and votes[keys[i]] == top)
-    return bool(correct[winner])
+def _exact_weights(weights: Sequence[float], n: int) -> list[int]:
+    """The vote weights as integers in the same ratios (floats are dyadic rationals: scale by a power of 2)."""
+    weights = list(weights)
+    if len(weights) != n:
+        raise ValueError(f"weights must hold one weight per sample, got {len(weights)} for {n} samples")
+    fractions = []
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"weights must be finite and >= 0, got {w!r} at index {i}")
+        fractions.append(Fraction(w))
+    scale = math.lcm(*(f.denominator for f in fractions)) if fractions else 1
+    return [int(f * scale) for f in fractions]
 
 
-def majority_at_k(
-    answer_keys: Sequence[Hashable | None], correct: Sequence[bool], k: int, samples: int | None = None, seed: int = 0
-) -> MajorityEstimate:
-    """Expected plurality-vote accuracy over size-k subsets of one problem's n samples.
+MAJORITY_METHODS = ("auto", "count", "enumerate", "monte_carlo")
 
-    Exact by enumeration when C(n,k) ≤ 200 000: ``exact=True``, ``stderr=0.0``, and ``samples``/``seed`` are not
-    used. Otherwise the mean v̄ over ``samples`` (default 2000) seeded uniform size-k subsets, with standard error
-    √(v̄(1−v̄)/(samples−1)) (sample variance of the 0/1 outcomes over samples), so ``samples`` must be ≥ 2 for the
-    error to be defined. Ties go to the first occurrence; unparsed answers (None) stay in the pool but never win,
-    so a subset of only None votes is wrong.
+
+def majority_curve(
+    answer_keys: Sequence[Hashable | None],
+    correct: Sequence[bool],
+    ks: Sequence[int],
+    samples: int | None = None,
+    seed: int = 0,
+    *,
+    weights: Sequence[float] | None = None,
+    exact_limit: int = EXACT_SUBSET_LIMIT,
+    method: str = "auto",
+) -> list[MajorityEstimate]:
+    """maj@k for every k in ``ks``: the expected accuracy of a (weighted) plurality vote over the size-k subsets.
+
+    Every size-k subset of the problem's n samples is equally likely. Each answer cluster (equal ``answer_keys``)
+    in the subset collects one vote per sample, or with ``weights`` the sum of its samples' weights (a weighted
+    vote, e.g. ``pot.scorers.vote_weights``); the cluster with the most wins. **Ties are shared equally**: a subset
+    in which r clusters tie for the most credits each of them 1/r. That equals breaking ties by a uniformly random
+    order of the samples, so the value does not depend on the order in which the samples are listed (it replaces
+    the rule "the tied answer that occurs first wins"). Unparsed answers (None) stay in the pool and never win: a
+    subset of only unparsed answers is wrong. A winning cluster is credited the share of its samples that are
+    ``correct`` (1 or 0 whenever equal keys agree on correctness).
+
+    ``method="auto"`` picks the first that applies:
+
+    * ``"count"`` (exact, any n and k): count, per cluster and vote total, the subsets it wins
+      (``cat._votes.count_vote_wins``; polynomial in n for a plurality vote and for weights constant within each
+      cluster). A plurality vote is always counted.
+    * ``"enumerate"`` (exact): every subset, when C(n, k) ≤ ``exact_limit``. For weights whose subset sums take too
+      many distinct values to count: counting subsets by a real-valued weight sum is a knapsack-counting problem
+      (#P-hard in general).
+    * ``"monte_carlo"``: the mean over ``samples`` (default 2000, ≥ 2) seeded uniform size-k subsets, with the
+      standard error s/√samples of the per-subset accuracies (``exact=False``).
+
+    Weights are summed exactly (as integers in their float ratios) except by the enumeration or Monte Carlo of
+    weights too far apart in magnitude for int64, which sum in float64. ``samples`` and ``seed`` only matter for the
+    Monte Carlo fallback.
     """
     n = len(answer_keys)
     flags = _check_flags(correct)
     if len(flags) != n:
         raise ValueError(f"answer_keys and correct must have the same length, got {n} and {len(flags)}")
-    k = check_k(k, n) if n else check_positive_int(k, "k")
-    if n < k:
-        raise ValueError(f"maj@k needs n >= k samples, got n={n} < k={k}")
+    ks = [check_k(k, n) if n else check_positive_int(k, "k") for k in ks]
+    if ks and n < max(ks):
+        raise ValueError(f"maj@k needs n >= k samples, got n={n} < k={max(ks)}")
     samples = DEFAULT_MC_SAMPLES if samples is None else check_positive_int(samples, "samples")
     if samples < 2:
         raise ValueError(f"samples must be >= 2 for a Monte Carlo standard error, got samples={samples}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
-    total = math.comb(n, k)
-    if total <= EXACT_SUBSET_LIMIT:
-        hits = sum(_plurality_is_correct(s, answer_keys, flags) for s in itertools.combinations(range(n), k))
-        return MajorityEstimate(hits / total, 0.0, True)
-    rng = random.Random(seed)
-    outcomes = [_plurality_is_correct(sorted(rng.sample(range(n), k)), answer_keys, flags) for _ in range(samples)]
-    mean = sum(outcomes) / samples
-    return MajorityEstimate(mean, math.sqrt(mean * (1 - mean) / (samples - 1)), False)
+    if method not in MAJORITY_METHODS:
+        raise ValueError(f"method must be one of {MAJORITY_METHODS}, got {method!r}")
+    if weights is None and method not in ("auto", "count"):
+        raise ValueError(f"method {method!r} needs weights: a plurality vote is always counted exactly")
+    int_weights = [1] * n if weights is None else _exact_weights(weights, n)
+    clusters = list(dict.fromkeys(key for key in answer_keys if key is not None))
+    index = {key: j for j, key in enumerate(clusters)}
+    members: list[list[int]] = [[] for _ in clusters]
+    for i, key in enumerate(answer_keys):
+        if key is not None:
+            members[index[key]].append(i)
+    values = [Fraction(sum(flags[i] for i in m), len(m)) for m in members]
+    if not ks:
+        return []
+    if method in ("auto", "count"):
+        limit = _votes.MAX_LEVELS if method == "auto" and weights is not None else None  # plurality: always count
+        sums = _votes.count_vote_wins([[int_weights[i] for i in m] for m in members], values,
+                                      n - sum(map(len, members)), max(ks), max_levels=limit)
+        if sums is not None:
+            return [MajorityEstimate(float(sums[k] / math.comb(n, k)), 0.0, True) for k in ks]
+    cluster = torch.tensor([index[key] if key is not None else len(clusters) for key in answer_keys])
+    if max(int_weights, default=0) * n < 2**63:
+        vote = torch.tensor(int_weights, dtype=torch.int64)
+    else:
+        vote = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+    credit_scale = math.lcm(*(v.denominator for v in values)) if values else 1
+    credit = torch.tensor([int(v * credit_scale) for v in values], dtype=torch.int64)
+    out = []
+    for k in ks:
+        if not clusters:
+            out.append(MajorityEstimate(0.0, 0.0, True))
+        elif method == "enumerate" or (method == "auto" and math.comb(n, k) <= exact_limit):
+            subsets = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long)
+            winners, tied = _votes.subset_votes(cluster, vote, subsets, len(clusters))
+            won = (winners.long() * credit).sum(-1)
+            total = sum(Fraction(int(won[tied == r].sum()), r) for r in tied.unique().tolist() if r > 0)
+            out.append(MajorityEstimate(float(total / (credit_scale * math.comb(n, k))), 0.0, True))
+        else:
+            g = torch.Generator().manual_seed(seed)
+            subsets = torch.rand(samples, n, generator=g).argsort(-1)[:, :k]
+            winners, tied = _votes.subset_votes(cluster, vote, subsets, len(clusters))
+            won = (winners.double() * credit.double()).sum(-1)
+            accuracy = won / (tied.clamp_min(1) * credit_scale)
+            out.append(MajorityEstimate(float(accuracy.mean()), float(accuracy.std() / math.sqrt(samples)), False))
+    return out
+
+
+def majority_at_k(
+    answer_keys: Sequence[Hashable | None],
+    correct: Sequence[bool],
+    k: int,
+    samples: int | None = None,
+    seed: int = 0,
+    *,
+    weights: Sequence[float] | None = None,
+    exact_limit: int = EXACT_SUBSET_LIMIT,
+    method: str = "auto",
+) -> MajorityEstimate:
+    """maj@k of one problem: one k of ``majority_curve``, which documents the vote, its tie rule and the methods."""
+    return majority_curve(answer_keys, correct, [k], samples, seed, weights=weights, exact_limit=exact_limit,
+                          method=method)[0]
 
 
 # ----------------------------------------------------------------------------------------------------- best-of-k
 
 
-def best_of_k_expected(rewards, k: int) -> float:
-    """Exact E[max of a uniform size-k subset] = Σ_{i=k}^{n} C(i−1,k−1)/C(n,k)·r_(i), r sorted ascending.
-
-    ``rewards`` is one problem's 1-D pool of finite rewards.
-    """
+def best_of_k_curve(rewards, ks: Sequence[int], outcomes=None) -> list[float]:
+    """``best_of_k_expected`` for every k in ``ks``."""
     r = check_finite(as_float64(rewards, "rewards"), "rewards")
     if r.dim() != 1:
         raise ValueError(f"rewards must be 1-D (one problem's pool), got shape {tuple(r.shape)}")
     n = r.numel()
-    k = check_positive_int(k, "k")
-    if n < k:
-        raise ValueError(f"best-of-k needs n >= k rewards, got n={n} < k={k}")
-    ranks = torch.arange(k, n + 1, dtype=torch.float64)
-    log_w = log_binom(ranks - 1, k - 1) - log_binom(n, k)
-    return float((torch.exp(log_w) * torch.sort(r).values[k - 1 :]).sum())
+    ks = [check_positive_int(k, "k") for k in ks]
+    if ks and n < max(ks):
+        raise ValueError(f"best-of-k needs n >= k rewards, got n={n} < k={max(ks)}")
+    if outcomes is None:
+        values = r.tolist()
+    else:
+        o = check_finite(as_float64(outcomes, "outcomes"), "outcomes")
+        if o.shape != r.shape:
+            raise ValueError(f"outcomes must hold one value per reward, got shape {tuple(o.shape)} for {n} rewards")
+        values = o.tolist()
+    groups: dict[float, list[float]] = {}  # reward -> outcomes of the samples with that reward
+    for reward, value in zip(r.tolist(), values):
+        groups.setdefault(reward, []).append(value)
+    lower, parts = 0, []  # (samples with a lower reward, samples tied at this reward, their mean outcome)
+    for reward in sorted(groups):
+        group = groups[reward]
+        parts.append((lower, len(group), sum(map(Fraction, group)) / len(group)))
+        lower += len(group)
+    return [float(sum((math.comb(below + size, k) - math.comb(below, k)) * mean for below, size, mean in parts)
+                  / math.comb(n, k)) for k in ks]
+
+
+def best_of_k_expected(rewards, k: int, outcomes=None) -> float:
+    """Exact expected outcome of the highest-reward sample of a uniform size-k subset of one problem's pool.
+
+    With the distinct rewards ascending, the s_g samples of group g (above l_g lower ones) hold the subset's top
+    reward with probability [C(l_g + s_g, k) − C(l_g, k)]/C(n, k), so
+
+        E = Σ_g [C(l_g + s_g, k) − C(l_g, k)]/C(n, k) · (mean outcome of group g).
+
+    ``outcomes=None`` scores the reward itself: E[max of k rewards] = Σ_{i≥k} C(i−1,k−1)/C(n,k)·r_(i)
+    (CAT App. L/M).
+    Given ``outcomes`` (e.g. correctness), it is best-of-k selection under a scorer whose scores are ``rewards``.
+    Ties for the top reward are shared equally (a uniformly random one of them is selected), so the value does not
+    depend on the order of the samples. Exact rational arithmetic, rounded once to float.
+    """
+    return best_of_k_curve(rewards, [k], outcomes)[0]
 
 
 # ------------------------------------------------------------------------------------------------- p̂ estimators

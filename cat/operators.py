@@ -97,8 +97,8 @@ class MajorityVote:
         """maj@N of one problem: plurality-vote accuracy over size-N subsets of its pool (``majority_at_k``, k = N).
 
         The test-time strategy is a plurality vote, which has no threshold, so this metric deliberately ignores
-        ``self.k``/``threshold``: they only set the training surrogate P[Bin(N, p) ≥ k]. ``samples`` and ``seed``
-        drive the Monte Carlo estimate used only when the pool has more than 200 000 size-N subsets.
+        ``self.k``/``threshold``: they only set the training surrogate P[Bin(N, p) ≥ k]. The value is exact for any
+        pool size (``samples`` and ``seed`` only matter to a weighted vote's Monte Carlo fallback).
         """
         return estimators.majority_at_k(answer_keys, correct, self.n, samples=samples, seed=seed)
 

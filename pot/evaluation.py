@@ -4,33 +4,36 @@ A *record* is one problem's dict (see ``pot.records``): ``samples`` (each with `
 ``num_tokens`` and ``scores: {scorer: float}``), plus ``prompt_tokens`` and ``wall_time``. For every strategy and k:
 
 - ``pass``: unbiased pass@k = 1 − C(n−c, k)/C(n, k) (``cat.estimators.pass_at_k``, Chen et al. 2021);
-- ``maj``: expected plurality-vote accuracy over size-k subsets (``cat.estimators.majority_at_k``; exact, or Monte
-  Carlo with its standard error reported as ``mc_stderr``);
+- ``maj``: expected plurality-vote accuracy over size-k subsets (``cat.estimators.majority_curve``), exact for any
+  n and k by counting the subsets each answer cluster wins; ties shared equally among the tied answers;
 - ``avg``: avg@k = expected accuracy of one of k samples = c/n;
 - ``wmaj``: weighted majority vote over size-k subsets: each parsed answer collects the sum of its samples' vote
-  weights (``pot.scorers.vote_weights`` of the scorer's scores) and the heaviest answer wins (ties: the answer that
-  occurs first); exact by enumeration up to ``cat.estimators.EXACT_SUBSET_LIMIT`` subsets, else Monte Carlo with its
-  standard error, like ``maj``;
+  weights (``pot.scorers.vote_weights`` of the scorer's scores) and the heaviest answer wins, ties shared; exact by
+  counting or enumeration where possible, else Monte Carlo with its standard error reported as ``mc_stderr``
+  (``majority_curve`` documents when);
 - ``bon``: best-of-k under a scorer = E[correct of the highest-scoring sample of a uniform k-subset]
-  = Σ_{i=k}^{n} C(i−1, k−1)/C(n, k) · correct_(i), samples ranked by score ascending (ties: the earlier sample wins).
+  = Σ_g [C(l_g + s_g, k) − C(l_g, k)]/C(n, k) · (share correct of score group g), ties for the top score shared
+  (``cat.estimators.best_of_k_expected``).
 
 Compute of a point (summed over problems): k of n samples cost k/n of the generated tokens and wall time; forward
 tokens add the prompt once (shared prefill); FLOPs ≈ 2·P·forward + 4·P·backward (Kaplan et al. 2020).
-95% CIs: percentile bootstrap over problems; ``paired_bootstrap`` resamples the same problems for two runs.
+95% CIs: percentile bootstrap over problems, one resampling of the problems shared by every strategy and k of an
+evaluation (so the points of a curve are resampled consistently); ``paired_bootstrap`` resamples the same problems
+for two runs.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 
 import torch
 
-from cat.estimators import DEFAULT_MC_SAMPLES, EXACT_SUBSET_LIMIT, MajorityEstimate, majority_at_k, pass_at_k
+from cat.estimators import (EXACT_SUBSET_LIMIT, MajorityEstimate, best_of_k_curve, best_of_k_expected,
+                            majority_at_k, majority_curve, pass_at_k)
 from pot.scorers import vote_weights
 
 STRATEGIES = ("pass", "maj", "wmaj", "avg", "bon")
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def check_ks(ks: list[int], n: int) -> list[int]:
@@ -43,70 +46,21 @@ def check_ks(ks: list[int], n: int) -> list[int]:
 
 
 def best_of_k_selected(scores: list[float], correct: list[bool], k: int) -> float:
-    """Expected correctness of the top-scoring sample in a uniform size-k subset (ties → earlier sample)."""
-    n = len(scores)
-    if not 1 <= k <= n:
-        raise ValueError(f"best-of-k needs 1 <= k <= n={n}, got k={k}")
-    # ascending rank: higher score later; among equal scores the earlier sample ranks higher
-    order = sorted(range(n), key=lambda i: (scores[i], -i))
-    total = math.comb(n, k)
-    return sum(math.comb(rank, k - 1) * correct[i] for rank, i in enumerate(order) if rank >= k - 1) / total
+    """Expected correctness of the top-scoring sample of a uniform size-k subset (``best_of_k_expected``)."""
+    return best_of_k_expected(scores, k, outcomes=correct)
 
 
 def weighted_majority_at_k(answer_keys: list, correct: list[bool], weights: list[float], k: int,
-                           samples: int | None = None, seed: int = 0,
-                           exact_limit: int = EXACT_SUBSET_LIMIT) -> MajorityEstimate:
-    """Expected accuracy of the weighted vote over uniform size-k subsets (unparsed answers, None, never win).
-
-    Exact over all C(n, k) subsets when that is ≤ ``exact_limit``, else the mean over ``samples`` seeded uniform
-    subsets with standard error √(v̄(1−v̄)/(samples−1)).
-    """
-    n = len(answer_keys)
-    if not (len(correct) == len(weights) == n):
-        raise ValueError(f"answer_keys, correct and weights need equal lengths, "
-                         f"got {n}, {len(correct)}, {len(weights)}")
-    if not 1 <= k <= n:
-        raise ValueError(f"weighted maj@k needs 1 <= k <= n={n}, got k={k}")
-    bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
-    if bad:
-        raise ValueError(f"weights must be finite and >= 0, got {bad[0]!r}")
-    samples = DEFAULT_MC_SAMPLES if samples is None else samples
-    if samples < 2:
-        raise ValueError(f"samples must be >= 2 for a Monte Carlo standard error, got samples={samples}")
-    exact = math.comb(n, k) <= exact_limit
-    if exact:
-        subsets = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long).reshape(-1, k)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        subsets = torch.rand(samples, n, generator=g).argsort(-1)[:, :k].sort(-1).values
-    hits = _weighted_vote_hits(answer_keys, correct, weights, subsets).double()
-    mean = float(hits.mean())
-    return MajorityEstimate(mean, 0.0 if exact else math.sqrt(mean * (1 - mean) / (samples - 1)), exact)
+                           samples: int | None = None, seed: int = 0, exact_limit: int = EXACT_SUBSET_LIMIT,
+                           method: str = "auto") -> MajorityEstimate:
+    """Expected accuracy of the weighted vote over uniform size-k subsets (``majority_curve`` with ``weights``)."""
+    return majority_at_k(answer_keys, correct, k, samples, seed, weights=weights, exact_limit=exact_limit,
+                         method=method)
 
 
-def _weighted_vote_hits(answer_keys, correct, weights, subsets: torch.Tensor) -> torch.Tensor:
-    """Whether each subset's (rows of sample indices, ascending) weighted-vote winner is correct."""
-    clusters = {key: i for i, key in enumerate(dict.fromkeys(key for key in answer_keys if key is not None))}
-    unparsed = len(clusters)  # one extra column that can never win
-    cluster = torch.tensor([clusters.get(key, unparsed) for key in answer_keys])
-    rows, k = subsets.shape
-    member = cluster[subsets]
-    totals = torch.zeros(rows, unparsed + 1, dtype=torch.float64).scatter_add_(
-        1, member, torch.tensor(weights, dtype=torch.float64)[subsets])
-    position = torch.arange(k).expand(rows, k)
-    first = torch.full((rows, unparsed + 1), k).scatter_reduce_(1, member, position, "amin")
-    present = first < k
-    present[:, unparsed] = False
-    totals = totals.masked_fill(~present, -math.inf)
-    tied = present & (totals == totals.max(-1, keepdim=True).values)
-    winner_position = first.masked_fill(~tied, k).min(-1).values
-    winner = subsets.gather(1, winner_position.clamp_max(k - 1)[:, None]).squeeze(-1)
-    return present.any(-1) & torch.tensor(correct, dtype=torch.bool)[winner]
-
-
-def problem_values(record: dict, strategy: str, k: int, scorer: str = "oracle",
-                   mc_samples: int | None = None, seed: int = 0) -> tuple[float, float]:
-    """(value, Monte Carlo standard error) of one problem under ``strategy`` at ``k``.
+def problem_curve(record: dict, strategy: str, ks: list[int], scorer: str = "oracle",
+                  mc_samples: int | None = None, seed: int = 0) -> tuple[list[float], list[float]]:
+    """(values, Monte Carlo standard errors) of one problem under ``strategy`` at every k of ``ks``.
 
     ``pot@u``: oracle best-of-k over the problem's PoT runs with update budget u (unbiased pass@k over the runs).
     """
@@ -114,39 +68,65 @@ def problem_values(record: dict, strategy: str, k: int, scorer: str = "oracle",
         runs = record.get("pot", {}).get(strategy[4:])
         if not runs:
             raise ValueError(f"strategy {strategy!r}: problem {record.get('id')!r} has no PoT runs with that budget")
-        return float(pass_at_k(len(runs), sum(run["correct"] for run in runs), k)), 0.0
+        hits = sum(run["correct"] for run in runs)
+        return [float(pass_at_k(len(runs), hits, k)) for k in ks], [0.0] * len(ks)
     samples = record["samples"]
     correct = [bool(s["correct"]) for s in samples]
     n, c = len(samples), sum(correct)
     if strategy == "pass":
-        return float(pass_at_k(n, c, k)), 0.0
+        return [float(pass_at_k(n, c, k)) for k in ks], [0.0] * len(ks)
     if strategy == "avg":
-        if k > n:
-            raise ValueError(f"avg@k needs k <= n={n}, got k={k}")
-        return c / n, 0.0
-    if strategy == "maj":
-        estimate = majority_at_k([s["answer_key"] for s in samples], correct, k, samples=mc_samples, seed=seed)
-        return estimate.value, estimate.stderr
-    if strategy == "wmaj":
-        weights = vote_weights(scorer, [s["scores"][scorer] for s in samples])
-        estimate = weighted_majority_at_k([s["answer_key"] for s in samples], correct, weights, k,
-                                          samples=mc_samples, seed=seed)
-        return estimate.value, estimate.stderr
+        if ks and max(ks) > n:
+            raise ValueError(f"avg@k needs k <= n={n}, got k={max(ks)}")
+        return [c / n] * len(ks), [0.0] * len(ks)
+    if strategy in ("maj", "wmaj"):
+        weights = vote_weights(scorer, [s["scores"][scorer] for s in samples]) if strategy == "wmaj" else None
+        estimates = majority_curve([s["answer_key"] for s in samples], correct, ks, samples=mc_samples, seed=seed,
+                                   weights=weights)
+        return [e.value for e in estimates], [e.stderr for e in estimates]
     if strategy == "bon":
-        return best_of_k_selected([s["scores"][scorer] for s in samples], correct, k), 0.0
+        return best_of_k_curve([s["scores"][scorer] for s in samples], ks, outcomes=correct), [0.0] * len(ks)
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
-def bootstrap_ci(values, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def problem_values(record: dict, strategy: str, k: int, scorer: str = "oracle",
+                   mc_samples: int | None = None, seed: int = 0) -> tuple[float, float]:
+    """(value, Monte Carlo standard error) of one problem under ``strategy`` at ``k`` (see ``problem_curve``)."""
+    values, errors = problem_curve(record, strategy, [k], scorer, mc_samples, seed)
+    return values[0], errors[0]
+
+
+def bootstrap_counts(problems: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> torch.Tensor:
+    """(resamples, problems) float64 matrix: how often each problem is drawn in each bootstrap resample.
+
+    Resample b draws ``problems`` indices uniformly with replacement (seeded); the mean of resample b of per-problem
+    values v is ``counts[b] @ v / problems``, so one matrix serves every strategy and k at once.
+    """
+    if problems < 1:
+        raise ValueError("the bootstrap needs at least one value, got none")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, problems, (resamples, problems), generator=g)
+    return torch.zeros(resamples, problems, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(resamples, problems, dtype=torch.float64))
+
+
+def percentile_cis(values: torch.Tensor, counts: torch.Tensor,
+                   level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile bootstrap CIs of the mean of each column of ``values`` (problems × points) under ``counts``."""
+    means = counts @ values / values.shape[0]
+    alpha = (1 - level) / 2
+    bounds = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
+    return bounds[0], bounds[1]
+
+
+def bootstrap_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over problems."""
-    v = torch.as_tensor(values, dtype=torch.float64)
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if v.numel() == 0:
         raise ValueError("bootstrap_ci needs at least one value, got none")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, v.numel(), (resamples, v.numel()), generator=g)
-    means = v[idx].mean(-1)
-    alpha = (1 - level) / 2
-    return float(torch.quantile(means, alpha)), float(torch.quantile(means, 1 - alpha))
+    low, high = percentile_cis(v[:, None], bootstrap_counts(v.numel(), resamples, seed), level)
+    return float(low[0]), float(high[0])
 
 
 @dataclass
@@ -157,7 +137,8 @@ class PairedComparison:
     within_noise: bool  # the CI contains 0
 
 
-def paired_bootstrap(a, b, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> PairedComparison:
+def paired_bootstrap(a, b, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                     seed: int = 0) -> PairedComparison:
     """Bootstrap of mean(b − a) resampling the same problems for both runs."""
     a_t, b_t = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     if a_t.shape != b_t.shape:
@@ -177,23 +158,41 @@ def point_compute(records: list[dict], k: int, num_parameters: int) -> dict:
 
 def curves(records: list[dict], strategies: list[str], ks: list[int], scorer: str = "oracle",
            num_parameters: int = 0, seed: int = 0) -> dict:
-    """``{strategy: [point]}`` with value, 95% bootstrap CI, Monte Carlo error and compute per k."""
+    """``{strategy: [point]}`` with value, 95% bootstrap CI, Monte Carlo error and compute per k.
+
+    Every point's CI comes from the same bootstrap resamples of the problems (``bootstrap_counts`` with ``seed``),
+    so each equals ``bootstrap_ci`` of that point's per-problem values with the same seed.
+    """
     if not records:
         raise ValueError("curves need at least one evaluated problem, got 0 records")
     n = min(len(r["samples"]) for r in records)
     ks = check_ks(ks, n)
-    out: dict[str, list[dict]] = {}
     for strategy in strategies:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        points = []
-        for k in ks:
-            values, errors = zip(*(problem_values(r, strategy, k, scorer, seed=seed) for r in records))
-            low, high = bootstrap_ci(values, seed=seed)
-            mc = math.sqrt(sum(e * e for e in errors)) / len(errors)
-            points.append({"k": k, "value": sum(values) / len(values), "ci_low": low, "ci_high": high,
-                           "mc_stderr": mc, **point_compute(records, k, num_parameters)})
-        out[strategy] = points
+    if not strategies:
+        return {}
+    values, errors = [], []  # one (problems × ks) matrix per strategy
+    for strategy in strategies:
+        if strategy == "pass":  # vectorised over problems
+            ns = [len(r["samples"]) for r in records]
+            hits = [sum(bool(s["correct"]) for s in r["samples"]) for r in records]
+            values.append(torch.stack([pass_at_k(ns, hits, k) for k in ks], dim=1))
+            errors.append(torch.zeros(len(records), len(ks), dtype=torch.float64))
+            continue
+        per_problem = [problem_curve(r, strategy, ks, scorer, seed=seed) for r in records]
+        values.append(torch.tensor([v for v, _ in per_problem], dtype=torch.float64).reshape(len(records), len(ks)))
+        errors.append(torch.tensor([e for _, e in per_problem], dtype=torch.float64).reshape(len(records), len(ks)))
+    table = torch.cat(values, dim=1)
+    low, high = percentile_cis(table, bootstrap_counts(len(records), seed=seed))
+    means = table.mean(0)
+    mc = torch.cat(errors, dim=1).square().sum(0).sqrt() / len(records)
+    compute = [point_compute(records, k, num_parameters) for k in ks]
+    out: dict[str, list[dict]] = {}
+    for s, strategy in enumerate(strategies):
+        out[strategy] = [{"k": k, "value": float(means[s * len(ks) + i]), "ci_low": float(low[s * len(ks) + i]),
+                          "ci_high": float(high[s * len(ks) + i]), "mc_stderr": float(mc[s * len(ks) + i]),
+                          **compute[i]} for i, k in enumerate(ks)]
     return out
 
 
@@ -201,6 +200,12 @@ def unparsed_counts(records: list[dict], strategies: list[str]) -> dict[str, int
     """Samples whose answer could not be parsed (counted as wrong) in the pool each strategy draws from."""
     missing = sum(s["answer_key"] is None for r in records for s in r["samples"])
     return {strategy: missing for strategy in strategies}
+
+
+def finished_rate(records: list[dict]) -> float:
+    """Share of the samples that ended on their own (end-of-sequence) rather than at the token limit."""
+    finished = [bool(s["finished"]) for r in records for s in r["samples"]]
+    return sum(finished) / len(finished) if finished else 0.0
 
 
 def pot_curves(records: list[dict], ks: list[int], seed: int = 0) -> dict:

@@ -2,7 +2,9 @@
 
 Line 1: ``{"config": {...}}`` — the configuration that determines the samples (model, adapter, task, n, seed, ...).
 Then one line per finished problem: ``{"id", "prompt_tokens", "wall_time", "samples": [{"text", "num_tokens",
-"answer_key" (None = unparsed, counted as wrong), "correct", "finished", "scores": {scorer: float}}]}``.
+"answer" (the extracted final answer as written; None = unparsed, counted as wrong), "answer_key" (its majority-vote
+cluster within the problem's samples: equivalent answers share the key of the cluster's first answer), "correct",
+"finished" (ended before the token limit), "scores": {scorer: float}}]}``.
 Each line is flushed and fsync'ed; a torn last line from a kill is dropped on resume.
 """
 

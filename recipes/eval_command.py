@@ -6,7 +6,8 @@
      "scorer": str,
      "curves": {strategy: [{"k", "value", "ci_low", "ci_high", "mc_stderr", "generated_tokens", "forward_tokens",
                             "backward_tokens", "flops", "wall_time"}]},
-     "unparsed": {strategy: count of unparsable sample answers (scored wrong)}}
+     "unparsed": {strategy: count of unparsable sample answers (scored wrong)},
+     "finished_rate": share of the samples that ended before the token limit}
 
 Strategies: ``pass`` (pass@k), ``maj`` (maj@k), ``wmaj`` (weighted maj@k: the ``scorer``'s vote weights summed per
 answer), ``avg`` (avg@k), ``bon`` (best-of-k under ``scorer``), and ``pot``
@@ -27,11 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pot.evaluation import (STRATEGIES, check_ks, curves, paired_bootstrap, pot_curves, problem_values,
-                            unparsed_counts)
+from pot.evaluation import (STRATEGIES, check_ks, curves, finished_rate, paired_bootstrap, pot_curves,
+                            problem_values, unparsed_counts)
 from pot.records import RecordsFile, read_records
 from pot.sampling import BACKENDS, SamplingConfig, sample
 from pot.scorers import RewardModelScorer, check_scorer, score_samples
+from recipes.tasks.base import ANSWER_MODES
 
 
 @dataclass
@@ -42,6 +44,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     strategies: list[str] = field(default_factory=lambda: ["pass", "maj", "bon"])
     scorer: str = "oracle"
+    answer_mode: str = "flexible"  # "strict": boxed or final-answer statements only, unfinished = wrong
     backend: str = "hf"
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -65,6 +68,8 @@ class EvalConfig:
         if isinstance(self.pot_runs, bool) or not isinstance(self.pot_runs, int) or self.pot_runs < 1:
             raise ValueError(f"eval.pot_runs must be a positive int, got {self.pot_runs!r}")
         check_scorer(self.scorer)
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"eval.answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"eval.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.backend == "vllm" and "pot" in self.strategies:
@@ -116,7 +121,7 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     results = {"config": asdict(eval_cfg), "model": model_name, "task": task.name, "n": eval_cfg.n,
                "num_problems": len(ordered), "scorer": eval_cfg.scorer,
                "curves": curves(ordered, sampled, eval_cfg.ks, eval_cfg.scorer, num_parameters, eval_cfg.seed),
-               "unparsed": unparsed_counts(ordered, sampled)}
+               "unparsed": unparsed_counts(ordered, sampled), "finished_rate": finished_rate(ordered)}
     if "pot" in eval_cfg.strategies:
         pot = pot_curves(ordered, [k for k in eval_cfg.ks if k <= eval_cfg.pot_runs], eval_cfg.seed)
         results["curves"].update(pot)
@@ -141,14 +146,16 @@ def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records:
     pools = sample(model, tokenizer, prompts, eval_cfg.sampling())
     wall = (time.perf_counter() - began) / len(todo)
     for problem, prompt, pool in zip(todo, prompts, pools):
-        verdicts = [task.verify(s.text, problem) for s in pool]
+        strict = eval_cfg.answer_mode == "strict"
+        verdicts = [task.verify(s.text, problem, strict=strict, finished=s.finished) for s in pool]
+        keys = task.answer_keys([s.text for s in pool], strict=strict, finished=[s.finished for s in pool])
         correct = [v.correct for v in verdicts]
         scorers = sorted({"oracle", eval_cfg.scorer})
         scores = {name: score_samples(name, pool, correct, prompt, reward_model) for name in scorers}
         records.add({
             "id": problem.id, "prompt_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
             "wall_time": wall,
-            "samples": [{"text": s.text, "num_tokens": len(s.token_ids), "answer_key": v.answer_key,
+            "samples": [{"text": s.text, "num_tokens": len(s.token_ids), "answer": v.answer, "answer_key": keys[i],
                          "correct": v.correct, "finished": s.finished,
                          "scores": {name: scores[name][i] for name in scorers}}
                         for i, (s, v) in enumerate(zip(pool, verdicts))],
@@ -226,8 +233,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     from recipes.tasks import load_task
 
     cfg = EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
-                     scorer=args.scorer, backend=args.backend, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                     scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend,
+                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                      prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
                      pot_updates=_int_list(args.pot_updates, "--pot-updates"),
                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
@@ -360,6 +367,8 @@ def register(subparsers) -> None:
     p.add_argument("--pot-runs", type=int, default=4, help="PoT runs per problem and budget")
     p.add_argument("--pot-segment-tokens", type=int, default=128, help="tokens between PoT adapter updates")
     p.add_argument("--scorer", default="oracle", help="oracle|self_certainty|mean_logprob|reward_model:ID")
+    p.add_argument("--answer-mode", default="flexible", help="flexible (last number as fallback) | strict (boxed "
+                   "or a final-answer statement only; unfinished outputs are wrong)")
     p.add_argument("--backend", default="hf", help="hf|vllm")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -3,8 +3,12 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from recipes.tasks.answers import answer_key, answers_equivalent, extract_answer, last_boxed
+from recipes.tasks import answers
+from recipes.tasks.answers import answer_key, answers_equivalent, as_number, cluster_keys, extract_answer, last_boxed
+from recipes.tasks.base import Problem, Task, Verdict
 
 
 @pytest.mark.parametrize(
@@ -67,3 +71,113 @@ def test_every_math500_solution_verifies_against_its_answer(shared_data_dir):
     # and a wrong answer (the next problem's) is rejected almost always
     wrong = sum(answers_equivalent(extract_answer(a["solution"]), b["answer"]) for a, b in zip(rows, rows[1:]))
     assert wrong <= 5
+
+
+# ------------------------------------------------------------------------------------------ numbers and clusters
+
+
+@pytest.mark.parametrize("answer, number", [
+    (r"\$1,200", 1200.0), ("1,200.", 1200.0), (r"18\%", 18.0), ("18%", 18.0), (r"18\text{ dollars}", 18.0),
+    (r"5.4 \text{ cents}", 5.4), (r"10,\!080", 10080.0), (r"\$32,\!348", 32348.0), ("5,", 5.0), ("-.5", -0.5),
+    ("1,2", None), ("3, 5, 7", None), ("12,34", None), (r"\frac{1}{2}", None), ("x=2", None),
+])
+def test_plain_numbers(answer, number):
+    assert as_number(answer) == number
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    (r"\$1,200", "1200", True),
+    ("3, 5, 7", "357", False),  # a list is not a number with thousands commas
+    ("1,2", "12", False),
+    (r"18\%", "0.18", False),  # "18%" is the number of percent, 18
+    ("x=2", "2", True),
+    (r"18\text{ dollars}", "18", True),
+])
+def test_equivalence_of_written_numbers(pred, gold, equal):
+    assert answers_equivalent(pred, gold) is equal
+
+
+@pytest.mark.parametrize("forms", [
+    [r"\frac{1}{2}", "0.5", r"\dfrac12"],
+    ["x=2", "2", "2.0"],
+    [r"2\sqrt{2}", r"\sqrt8", r"\sqrt{8}"],
+    [r"18\%", "18", "18%"],
+    [r"18\text{ dollars}", "18"],
+    [r"\$1,200", "1200", "1,200"],
+])
+def test_equivalent_answers_share_one_cluster_keyed_by_the_first(forms):
+    keys = cluster_keys([*forms, None, "12345"])
+    assert keys[: len(forms)] == [answer_key(forms[0])] * len(forms)
+    assert keys[len(forms)] is None and keys[-1] == "12345"
+    assert cluster_keys(forms[::-1]) == [answer_key(forms[-1])] * len(forms)
+    assert answer_key(r"\$1,200") == "1200"
+
+
+def _written(value: int, form: int) -> str:
+    return [str(value), f"{value:,}", rf"\${value:,}", rf"{value}\%", rf"{value}\text{{ apples}}",
+            rf"\frac{{{2 * value}}}{{2}}", f"x = {value}"][form]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(-3000, 3000), st.integers(-3000, 3000), st.integers(0, 6), st.integers(0, 6))
+def test_different_numbers_never_cluster_and_equal_ones_always_do(a, b, form_a, form_b):
+    keys = cluster_keys([_written(a, form_a), _written(b, form_b)])
+    assert (keys[0] == keys[1]) is (a == b)
+
+
+def test_clustering_checks_each_new_answer_once_per_cluster(monkeypatch):
+    calls = []
+    real = answers._math_verify_equal
+    monkeypatch.setattr(answers, "_math_verify_equal", lambda p, g: calls.append((p, g)) or real(p, g))
+    pool = [r"\frac{1}{2}", "0.5", r"\sqrt{2}", r"\frac{1}{2}", "x = 0.5", r"\sqrt{2}", None] * 9
+    keys = cluster_keys(pool)
+    assert len(set(keys) - {None}) == 2
+    assert len(calls) <= 3  # "0.5" vs ½, √2 vs ½, "x = 0.5" vs ½: repeats reuse their canonical key
+
+
+# ---------------------------------------------------------------------------------------------- strict answers
+
+
+@pytest.mark.parametrize("text, strict, flexible", [
+    (r"so \boxed{7}, not 8", "7", "7"),
+    ("The answer is 18 dollars.", "18", "18"),
+    ("Adding them up.\n#### 1,200", "1,200", "1,200"),
+    (r"The final answer is $\frac{1}{2}$. I hope it is correct.", r"\frac{1}{2}", "2"),
+    ("Final answer: 7\nCheck: 7 + 1 = 8", "7", "8"),
+    ("The answer is 3/4.", "3/4", "4"),
+    ("3 + 4 = 7", None, "7"),
+    ("nothing", None, None),
+])
+def test_strict_extraction_needs_an_explicit_answer(text, strict, flexible):
+    assert extract_answer(text, strict=True) == strict
+    assert extract_answer(text) == flexible
+
+
+def test_strict_mode_on_a_task():
+    arithmetic = Task("arithmetic", [Problem("p", "What is 3 + 4? Answer with just the number.", "7")],
+                      answer_alone=True)
+    math = Task("math", [Problem("q", r"Compute 3 + 4. Put your final answer within \boxed{}.", "7")])
+    for task in (arithmetic, math):
+        problem = task.problems[0]
+        assert task.verify("7", problem).correct and task.verify("so 3 + 4 = 7", problem).correct
+        assert not task.verify("so 3 + 4 = 7", problem, strict=True).correct  # no explicit final answer
+        assert task.verify(r"\boxed{7}", problem, strict=True).correct
+        # cut off at the token limit: flexible still reads the last number, strict counts it wrong
+        assert task.verify("3 + 4 = 7, and then 7", problem, finished=False).correct
+        truncated = task.verify(r"\boxed{7}", problem, strict=True, finished=False)
+        assert not truncated.correct and truncated.answer is None and truncated.answer_key is None
+    assert arithmetic.verify(" 7.\n", arithmetic.problems[0], strict=True).correct  # the answer alone
+    assert not math.verify("7", math.problems[0], strict=True).correct
+    verdict = math.verify(r"it is \boxed{\$7}", math.problems[0])
+    assert verdict == Verdict(True, "7", r"\$7")
+
+
+def test_task_answer_keys_cluster_one_pool():
+    task = Task("math", [])
+    texts = [r"\boxed{\frac{1}{2}}", "it is 0.5", r"\boxed{x=2}", "so 2", "no number", r"\boxed{7}"]
+    assert task.answer_keys(texts) == [r"\frac{1}{2}", r"\frac{1}{2}", "x=2", "x=2", None, "7"]
+    assert task.answer_keys(texts, strict=True, finished=[True, True, True, True, True, False]) == [
+        r"\frac{1}{2}", None, "x=2", None, None, None]
+    assert task.answer_key("it is 0.5") == "0.5"  # one completion: its own canonical key
+    with pytest.raises(ValueError, match="finished must hold one flag per completion, got 1 for 6"):
+        task.answer_keys(texts, finished=[True])

