@@ -186,7 +186,7 @@ def test_probability_estimators():
         (lambda: est.sequence(torch.tensor([-1.0, float("nan")])), r"logp_sum must not contain NaN, got nan"),
         (lambda: est.length_normalized([float("nan")], [3]), r"logp_sum must not contain NaN, got nan"),
         (lambda: est.length_normalized([-1.0], [float("nan")]), r"lengths must be >= 1, got nan"),
-        (lambda: est.length_normalized([-1.0, -2.0], [3]), r"shapes must match .* logp_sum=\(2,\), lengths=\(1,\)"),
+        (lambda: est.length_normalized([-1.0, -2.0], [3]), r"same shape .* logp_sum=\(2,\), lengths=\(1,\)"),
         (lambda: est.empirical(torch.tensor([[0.5, 1.0]])), r"correct must hold 0/1 or booleans, got 0.5"),
     ],
 )
