@@ -237,7 +237,8 @@ def test_best_of_n_rl_weight_is_differentiable_in_q_and_exact_at_the_ends(n):
     # d/dq n·q^(n−1) = n(n−1)·q^(n−2), by exact rationals (0^0 = 1 at n = 2, and 0 for n = 1)
     expected = [float(n * (n - 1) * Fraction(v) ** (n - 2)) if n >= 2 else 0.0 for v in (0, 0.25, 0.5, 1)]
     assert q.grad.tolist() == expected
-    assert torch.autograd.gradcheck(lambda x: obj.best_of_n_rl_weight(x, n), (torch.tensor([0.3, 0.6], dtype=torch.float64, requires_grad=True),))
+    x = torch.tensor([0.3, 0.6], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: obj.best_of_n_rl_weight(v, n), (x,))
 
 
 FLOAT_OUTPUTS = {

@@ -332,7 +332,8 @@ def _step(tmp_path, rewards, answer_keys=None, **cat):
     keys = iter(answer_keys or [])
     trainer = _Recording(
         model=model, reward_funcs=_fixed_rewards(rewards), args=config, train_dataset=_dataset(),
-        processing_class=tokenizer, callbacks=[snapshot], answer_keys_fn=(lambda cs: [next(keys) for _ in cs]) if answer_keys else None,
+        processing_class=tokenizer, callbacks=[snapshot],
+        answer_keys_fn=(lambda cs: [next(keys) for _ in cs]) if answer_keys else None,
     )
     trainer.train()
     return trainer, snapshot.grads[0]
@@ -595,3 +596,10 @@ def test_cat_n_one_is_never_refused_for_batch_sizes(tmp_path, strategy):
     config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4, num_generations_eval=1,
                                      per_device_eval_batch_size=1), cat_strategy=strategy, cat_n=1, **form)
     assert config.cat_n == 1
+
+
+def test_per_sample_weights_need_no_second_prompt(tmp_path):
+    # per-sample p̂ normalises over the rollouts, so one prompt per generation batch is enough
+    config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4), cat_strategy="passn", cat_n=4,
+                           cat_p_estimator="length_normalized")
+    assert config.generation_batch_size == config.num_generations

@@ -190,7 +190,8 @@ def compute_cat_weights(
     where = counted if per_sample else rated
     flat_points = points[where]
     raw = weight(flat_points)
-    _check_finite(torch.zeros(where.shape, dtype=torch.float64).masked_scatter(where, raw), "CAT weight", prompts, where)
+    scattered = torch.zeros(where.shape, dtype=torch.float64).masked_scatter(where, raw)
+    _check_finite(scattered, "CAT weight", prompts, where)
     if clip is not None:
         raw = raw.clamp(max=clip)
     alignment = _alignment(_clipped(weight, clip), test, flat_points)

@@ -12,6 +12,7 @@ from cat.estimators import P_ESTIMATORS
 GRPO_STRATEGIES = ("none", "passn", "majority", "best_of_n", "pkpo", "passk_advantage")
 WEIGHT_FORMS = ("log", "raw")
 QUANTILES = ("within_prompt", "history")
+PER_PROMPT = ("empirical", "laplace")  # p̂ estimators that give one value per prompt
 
 
 @dataclass
@@ -108,7 +109,9 @@ class CATGRPOConfig(GRPOConfig):
         if self.cat_n == 1:
             return
         prompts_per_batch = self.generation_batch_size // self.num_generations
-        if self.cat_normalize and self.cat_strategy in ("passn", "majority") and prompts_per_batch < 2:
+        per_prompt_weights = self.cat_strategy in ("passn", "majority") and self.cat_p_estimator in PER_PROMPT
+        # one weight per prompt, normalised to mean 1 over the prompts: a lone prompt would always get 1
+        if self.cat_normalize and per_prompt_weights and prompts_per_batch < 2:
             raise ValueError(
                 f"cat_normalize needs >= 2 prompts per generation batch, got {prompts_per_batch} "
                 f"(generation_batch_size={self.generation_batch_size}, num_generations={self.num_generations})"
