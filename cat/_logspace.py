@@ -49,6 +49,18 @@ def log_upper_tail_remainder(log_p: torch.Tensor, log_q: torch.Tensor, n: int, k
     return torch.logsumexp(binomial_log_terms(log_p, log_q, n, i, shift=k), dim=-1)
 
 
+def log_relative_upper_tail_remainder(log_p: torch.Tensor, log_q: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """log(S / C(n,k)) = log Σ_{i=k}^{n} [C(n,i)/C(n,k)]·p^(i−k)·q^(n−i), S as in ``log_upper_tail_remainder``.
+
+    The i = k term is exactly q^(n−k) (its coefficient ratio is 1, not lgamma differences that fail to cancel), so
+    at p = 0 the result is exactly (n−k)·log q and at k = n exactly 0.
+    """
+    i = torch.arange(k, n + 1, dtype=torch.float64)
+    log_ratio = log_binom(n, i) - log_binom(n, k)
+    terms = log_ratio + xlogy(i - k, log_p.unsqueeze(-1)) + xlogy(n - i, log_q.unsqueeze(-1))
+    return torch.logsumexp(terms, dim=-1)
+
+
 def log_lower_tail(log_p: torch.Tensor, log_q: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """log P[Bin(n,p) < k] = log Σ_{i=0}^{k−1} C(n,i) p^i q^(n−i) (−inf when k = 0)."""
     i = torch.arange(0, k, dtype=torch.float64)

@@ -80,8 +80,11 @@ def check_log_probability(log_p, name: str = "log_p") -> torch.Tensor:
     return t
 
 
-def output_dtype(x: torch.Tensor) -> torch.dtype:
-    """Loss dtype: half precision promoted to float32, float32/float64 kept."""
+def output_dtype(x) -> torch.dtype:
+    """The dtype a result is returned in: a floating tensor's own dtype, half precision promoted to float32 (a bf16
+    weight or loss keeps 3 significant digits); float64 for numbers, lists and integer or boolean tensors."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return torch.float64
     return torch.float32 if x.dtype in _HALF else x.dtype
 
 
@@ -103,5 +106,6 @@ def check_same_shape(**tensors: torch.Tensor) -> None:
     """Refuse silent broadcasting: every tensor must have exactly the same shape."""
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if len(set(shapes.values())) > 1:
+        names = ", ".join(shapes)
         listed = ", ".join(f"{name}={shape}" for name, shape in shapes.items())
-        raise ValueError(f"shapes must match exactly (no broadcasting), got {listed}")
+        raise ValueError(f"{names} must have the same shape (no broadcasting), got {listed}")

@@ -308,16 +308,42 @@ def _correct_matrix(correct) -> torch.Tensor:
     return c.to(torch.float64)
 
 
-def empirical(correct) -> torch.Tensor:
-    """p̂ = c/m per prompt (rows = prompts)."""
-    c = _correct_matrix(correct)
-    return c.mean(dim=1)
+def _scored_matrix(scored, shape: torch.Size) -> torch.Tensor:
+    """The rollouts that carry a reward, as a bool matrix of ``shape`` (all of them when None)."""
+    if scored is None:
+        return torch.ones(shape, dtype=torch.bool)
+    s = torch.as_tensor(scored)
+    if s.dtype != torch.bool:
+        raise TypeError(f"scored must be a bool tensor, got dtype {s.dtype}")
+    if tuple(s.shape) != tuple(shape):
+        raise ValueError(f"scored must have the shape of correct {tuple(shape)}, got {tuple(s.shape)}")
+    return s
 
 
-def laplace(correct) -> torch.Tensor:
-    """Laplace-smoothed p̂ = (c+1)/(m+2) per prompt, never 0 or 1 (CAT's majority-vote RL estimator)."""
+def _counts(correct, scored) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct count c, scored count m) per row, over the scored rollouts only; a row with none is refused."""
     c = _correct_matrix(correct)
-    return (c.sum(dim=1) + 1) / (c.shape[1] + 2)
+    s = _scored_matrix(scored, c.shape)
+    m = s.sum(dim=1)
+    if bool((m == 0).any()):
+        raise ValueError(f"every row needs a scored rollout, row {int((m == 0).nonzero()[0])} has none")
+    return (c * s).sum(dim=1), m.to(torch.float64)
+
+
+def empirical(correct, scored=None) -> torch.Tensor:
+    """p̂ = c/m per prompt (rows = prompts), over the ``scored`` rollouts (all when None)."""
+    c, m = _counts(correct, scored)
+    return c / m
+
+
+def laplace(correct, scored=None) -> torch.Tensor:
+    """Laplace-smoothed p̂ = (c+1)/(m+2) per prompt, never 0 or 1 (CAT's majority-vote RL estimator).
+
+    c and m count the ``scored`` rollouts only (all when None): a completion no reward function could score is
+    neither a success nor a failure.
+    """
+    c, m = _counts(correct, scored)
+    return (c + 1) / (m + 2)
 
 
 def _clamped_probability(log_p: torch.Tensor) -> torch.Tensor:
@@ -374,13 +400,20 @@ def dynamic_majority_k(answer_keys: Sequence[Hashable | None], correct: Sequence
 # ------------------------------------------------------------------------------------------- best-of-N quantiles
 
 
-def within_prompt_quantiles(rewards) -> torch.Tensor:
-    """q_ij = (#{l : r_il < r_ij} + 1)/(m + 1) within each row (prompt); ties share q; never across prompts."""
-    r = check_not_nan(as_float64(rewards, "rewards"), "rewards")
+def within_prompt_quantiles(rewards, scored=None) -> torch.Tensor:
+    """q_ij = (#{l : r_il < r_ij} + 1)/(m + 1) within each row (prompt); ties share q; never across prompts.
+
+    With ``scored``, l and m run over the scored rollouts of the row only; rewards outside it may be NaN and their
+    q is NaN (they have no rank).
+    """
+    r = as_float64(rewards, "rewards")
     if r.dim() != 2:
         raise ValueError(f"rewards must be a (prompts, rollouts) matrix, got shape {tuple(r.shape)}")
-    smaller = (r.unsqueeze(1) < r.unsqueeze(2)).sum(dim=2)
-    return (smaller + 1).to(torch.float64) / (r.shape[1] + 1)
+    s = _scored_matrix(scored, r.shape)
+    check_not_nan(r[s], "rewards")
+    smaller = ((r.unsqueeze(1) < r.unsqueeze(2)) & s.unsqueeze(1)).sum(dim=2)
+    q = (smaller + 1).to(torch.float64) / (s.sum(dim=1, keepdim=True) + 1)
+    return q.masked_fill(~s, math.nan)
 
 
 class RewardHistory:

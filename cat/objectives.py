@@ -22,7 +22,14 @@ complementary tail above the pivot k/(n+1)); values and gradients stay finite fo
 losses are differentiated through their closed form: their backward pass returns exactly −w_SFT, the weight
 functions below, so the gradient cannot drift from the weight. The success probabilities f(p) are differentiated
 the same way (backward = w_RL = f′(p)), which keeps their gradients finite and exact at p = 0 and p = 1. The weight
-functions themselves are constants (their input is detached): a loss never differentiates through its weight.
+functions themselves are constants (their input is detached): a loss never differentiates through its weight. The
+exception is the best-of-n rank weight n·q^(n−1), which is differentiable in q, as in the reference implementation.
+Integer coefficients such as k·C(n,k) multiply the exponential instead of entering it as a log, so the k = n majority
+SFT weight is exactly n (not exp(log n)).
+
+Dtypes: everything is computed in float64 and returned in the input's floating dtype (float32 in, float32 out),
+half precision promoted to float32; numbers, lists and integer tensors give float64. Gradients flow back to the
+input in its own dtype.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import math
 
 import torch
 
-from cat._logspace import log1mexp, log_binom, log_upper_tail, log_upper_tail_remainder, xlogy
+from cat._logspace import log1mexp, log_relative_upper_tail_remainder, log_upper_tail, xlogy
 from cat._validation import (
     check_k,
     check_log_probability,
@@ -42,6 +49,8 @@ from cat._validation import (
     output_dtype,
     reduce,
 )
+
+_EXACT_INT = 2**53  # integers up to here are exact in float64
 
 __all__ = [
     "passn_probability",
@@ -67,6 +76,14 @@ _LOG_EPS = math.log(torch.finfo(torch.float64).eps)
 
 def _log(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p)  # log 0 = −inf is a valid input to every *_from_logp function
+
+
+def _times_exp(coefficient: int, log_rest: torch.Tensor) -> torch.Tensor:
+    """coefficient · exp(log_rest) for an integer coefficient: exact where exp(log_rest) is (e.g. 1 at log_rest = 0),
+    through the log only when the integer is too large for float64 (it may then exceed the float range alone)."""
+    if coefficient <= _EXACT_INT:
+        return coefficient * torch.exp(log_rest)
+    return torch.exp(math.log(coefficient) + log_rest)
 
 
 class _ClosedForm(torch.autograd.Function):
@@ -112,9 +129,9 @@ def _passn_sft_weight_from_logp(log_p: torch.Tensor, n: int) -> torch.Tensor:
         return torch.ones_like(log_p)
     tiny = _passn_tiny_p(log_p, n)
     safe = torch.where(tiny, torch.full_like(log_p, -1.0), log_p)
-    log_w = math.log(n) + safe + (n - 1) * log1mexp(safe) - log1mexp(n * log1mexp(safe))
+    log_rest = safe + (n - 1) * log1mexp(safe) - log1mexp(n * log1mexp(safe))
     # below the threshold the ratio n·p/(1−(1−p)^n) is 1 to double precision, leaving (1−p)^(n−1) = 1
-    return torch.where(tiny, torch.ones_like(log_p), torch.exp(log_w))
+    return torch.where(tiny, torch.ones_like(log_p), _times_exp(n, log_rest))
 
 
 def _passn_probability(p: torch.Tensor, n: int) -> torch.Tensor:
@@ -128,36 +145,39 @@ def _passn_rl_weight(p: torch.Tensor, n: int) -> torch.Tensor:
 def passn_probability(p, n: int) -> torch.Tensor:
     """pass@n success probability 1 − (1−p)^n, computed as −expm1(n·log1p(−p)); its gradient is passn_rl_weight."""
     n = check_positive_int(n, "n")
+    dtype = output_dtype(p)
     p = check_probability(p)
-    return _ClosedForm.apply(p, lambda x: _passn_probability(x, n), lambda x: _passn_rl_weight(x, n))
+    return _ClosedForm.apply(p, lambda x: _passn_probability(x, n), lambda x: _passn_rl_weight(x, n)).to(dtype)
 
 
 def passn_log_probability(log_p, n: int) -> torch.Tensor:
     """log(1 − (1−p)^n) from log p = log1mexp(n·log1mexp(log p)); → log p + log n as p → 0."""
     n = check_positive_int(n, "n")
     log_p = check_log_probability(log_p)
-    return _passn_log_success(log_p, n)
+    return _passn_log_success(log_p, n).to(output_dtype(log_p))
 
 
 def passn_rl_weight(p, n: int) -> torch.Tensor:
     """pass@n RL weight f′(p) = n(1−p)^(n−1): N at p = 0, 0 at p = 1 (n > 1), ≡ 1 for n = 1."""
     n = check_positive_int(n, "n")
+    dtype = output_dtype(p)
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    return _passn_rl_weight(p, n)
+    return _passn_rl_weight(p, n).to(dtype)
 
 
 def passn_sft_weight(p, n: int) -> torch.Tensor:
     """pass@n SFT weight n·p(1−p)^(n−1)/(1−(1−p)^n) (DCO's F(N, p)); 1 at p = 0, 0 at p = 1 for n > 1."""
     n = check_positive_int(n, "n")
+    dtype = output_dtype(p)
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    return _passn_sft_weight_from_logp(_log(p), n)
+    return _passn_sft_weight_from_logp(_log(p), n).to(dtype)
 
 
 def passn_sft_weight_from_logp(log_p, n: int) -> torch.Tensor:
     """The pass@n SFT weight as a function of log p: exp(log n + log p + (n−1)·log(1−p) − log pass@n)."""
     n = check_positive_int(n, "n")
     log_p = check_log_probability(log_p)
-    return _passn_sft_weight_from_logp(log_p.detach().to(torch.float64), n)
+    return _passn_sft_weight_from_logp(log_p.detach().to(torch.float64), n).to(output_dtype(log_p))
 
 
 def _passn_log_success(log_p: torch.Tensor, n: int) -> torch.Tensor:
@@ -184,27 +204,29 @@ def _majority_log_success(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 def _majority_sft_weight_from_logp(log_p: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    # w = k·C(n,k)·p^k·q^(n−k) / (p^k·S): p^k cancels, leaving log k + log C(n,k) + (n−k)·log q − log S
+    # w = k·C(n,k)·p^k·q^(n−k) / (p^k·S): p^k cancels, and C(n,k) moves into S, leaving k·exp((n−k)·log q − log S′)
+    # with S′ = S/C(n,k), whose leading term is exactly q^(n−k): w is exactly k at p = 0 and exactly n when k = n
     log_q = log1mexp(log_p)
-    log_s = log_upper_tail_remainder(log_p, log_q, n, k)
+    log_s = log_relative_upper_tail_remainder(log_p, log_q, n, k)
     n_minus_k = torch.tensor(float(n - k), dtype=torch.float64)
-    return torch.exp(math.log(k) + log_binom(n, k) + xlogy(n_minus_k, log_q) - log_s)
+    return k * torch.exp(xlogy(n_minus_k, log_q) - log_s)
 
 
 def _majority_rl_weight(p: torch.Tensor, n: int, k: int) -> torch.Tensor:
     f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
-    log_w = math.log(n) + log_binom(n - 1, k - 1) + xlogy(f64(k - 1), _log(p)) + xlogy(f64(n - k), torch.log1p(-p))
-    return torch.exp(log_w)
+    log_rest = xlogy(f64(k - 1), _log(p)) + xlogy(f64(n - k), torch.log1p(-p))
+    return _times_exp(n * math.comb(n - 1, k - 1), log_rest)
 
 
 def majority_probability(p, n: int, k: int) -> torch.Tensor:
     """Fixed-threshold majority surrogate P[Binomial(n, p) ≥ k]; k = 1 is pass@n; gradient majority_rl_weight."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
+    dtype = output_dtype(p)
     p = check_probability(p)
     return _ClosedForm.apply(
         p, lambda x: torch.exp(log_upper_tail(_log(x), n, k)), lambda x: _majority_rl_weight(x, n, k)
-    )
+    ).to(dtype)
 
 
 def majority_log_probability(log_p, n: int, k: int) -> torch.Tensor:
@@ -212,23 +234,25 @@ def majority_log_probability(log_p, n: int, k: int) -> torch.Tensor:
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     log_p = check_log_probability(log_p)
-    return _majority_log_success(log_p, n, k)
+    return _majority_log_success(log_p, n, k).to(output_dtype(log_p))
 
 
 def majority_rl_weight(p, n: int, k: int) -> torch.Tensor:
     """Majority RL weight d/dp P[Bin(n,p) ≥ k] = n·C(n−1,k−1)·p^(k−1)(1−p)^(n−k) (peak at p* = (k−1)/(n−1))."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
+    dtype = output_dtype(p)
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    return _majority_rl_weight(p, n, k)
+    return _majority_rl_weight(p, n, k).to(dtype)
 
 
 def majority_sft_weight(p, n: int, k: int) -> torch.Tensor:
     """Majority SFT weight k·C(n,k)p^k(1−p)^(n−k) / P[Bin(n,p) ≥ k]: k at p = 0; at p = 1, n if k = n else 0."""
     n = check_positive_int(n, "n")
     k = check_k(k, n)
+    dtype = output_dtype(p)
     p = check_probability(p).detach()  # weights are constants in every loss: never differentiated
-    return _majority_sft_weight_from_logp(_log(p), n, k)
+    return _majority_sft_weight_from_logp(_log(p), n, k).to(dtype)
 
 
 def majority_sft_weight_from_logp(log_p, n: int, k: int) -> torch.Tensor:
@@ -236,7 +260,7 @@ def majority_sft_weight_from_logp(log_p, n: int, k: int) -> torch.Tensor:
     n = check_positive_int(n, "n")
     k = check_k(k, n)
     log_p = check_log_probability(log_p)
-    return _majority_sft_weight_from_logp(log_p.detach().to(torch.float64), n, k)
+    return _majority_sft_weight_from_logp(log_p.detach().to(torch.float64), n, k).to(output_dtype(log_p))
 
 
 def majority_sft_loss(log_p, n: int, k: int, reduction: str = "mean") -> torch.Tensor:
@@ -252,10 +276,14 @@ def majority_sft_loss(log_p, n: int, k: int, reduction: str = "mean") -> torch.T
 
 
 def best_of_n_rl_weight(q, n: int) -> torch.Tensor:
-    """Best-of-n rank weight n·q^(n−1) for a lower-tail reward quantile q = P[R(Y′) < R(y)] (CAT App. B.2.3)."""
+    """Best-of-n rank weight n·q^(n−1) for a lower-tail reward quantile q = P[R(Y′) < R(y)] (CAT App. B.2.3).
+
+    Differentiable in q (d/dq = n(n−1)·q^(n−2)), exact at q = 0 and q = 1; the trainers pass detached quantiles.
+    """
     n = check_positive_int(n, "n")
-    q = check_probability(q, "q").detach()
-    return n * torch.exp(xlogy(torch.tensor(float(n - 1), dtype=torch.float64), _log(q)))
+    dtype = output_dtype(q)
+    q = check_probability(q, "q")
+    return (n * q.pow(n - 1)).to(dtype)
 
 
 # -------------------------------------------------------------------------------------- normalisation and RL loss
@@ -267,7 +295,7 @@ def _check_weights(w, name: str) -> torch.Tensor:
     if bool(bad.any()):
         raise ValueError(f"{name} must be finite and >= 0, got {float(w[bad].flatten()[0])!r}")
     if w.numel() == 0 or not bool((w > 0).any()):
-        raise ValueError(f"{name} are all zero; there is nothing to normalise")
+        raise ValueError(f"{name} are all-zero; there is nothing to normalise")
     return w
 
 
@@ -283,17 +311,18 @@ def normalize_prompt_weights(w) -> torch.Tensor:
     Normalise before expanding to a prompt's rollouts, so a prompt's weight does not scale with its group size.
     A single prompt is refused: dividing by its own mean would erase the weight.
     """
-    w = _check_weights(w, "weights")
-    if w.dim() != 1:
-        raise ValueError(f"weights must be 1-D (one per distinct prompt), got shape {tuple(w.shape)}")
-    if w.numel() < 2:
-        raise ValueError(f"need at least two prompts to normalise, got {w.numel()}")
-    return _mean_one(w)
+    dtype = output_dtype(w)
+    checked = _check_weights(w, "weights")
+    if checked.dim() != 1:
+        raise ValueError(f"weights must be 1-D (one per distinct prompt), got shape {tuple(checked.shape)}")
+    if checked.numel() < 2:
+        raise ValueError(f"need at least two distinct prompts to normalise, got {checked.numel()}")
+    return _mean_one(checked).to(dtype)
 
 
 def normalize_sample_weights(w) -> torch.Tensor:
     """Per-sample weights of any shape → mean 1, ratios kept, detached (best-of-n ranks, sequence-p weights)."""
-    return _mean_one(_check_weights(w, "weights"))
+    return _mean_one(_check_weights(w, "weights")).to(output_dtype(w))
 
 
 def weighted_policy_loss(logp, advantages, weights, reduction: str = "mean") -> torch.Tensor:

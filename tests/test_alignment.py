@@ -41,7 +41,7 @@ def test_waste_and_starvation():
 
 
 def test_empirical_distribution_of_p_hat():
-    p_hat = torch.tensor([0.1, 0.1, 0.5])
+    p_hat = torch.tensor([0.1, 0.1, 0.5], dtype=torch.float64)
     got = alignment_coefficient(lambda p: passn_rl_weight(p, 4), lambda p: passn_rl_weight(p, 8), p=p_hat)
     a, b = passn_rl_weight(p_hat, 4), passn_rl_weight(p_hat, 8)
     assert got.coefficient == pytest.approx(float((a * b).sum() / (a.norm() * b.norm())), rel=1e-12)

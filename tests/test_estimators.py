@@ -388,7 +388,7 @@ def test_probability_estimators():
         (lambda: est.sequence(torch.tensor([-1.0, float("nan")])), r"logp_sum must not contain NaN, got nan"),
         (lambda: est.length_normalized([float("nan")], [3]), r"logp_sum must not contain NaN, got nan"),
         (lambda: est.length_normalized([-1.0], [float("nan")]), r"lengths must be >= 1, got nan"),
-        (lambda: est.length_normalized([-1.0, -2.0], [3]), r"shapes must match .* logp_sum=\(2,\), lengths=\(1,\)"),
+        (lambda: est.length_normalized([-1.0, -2.0], [3]), r"same shape .* logp_sum=\(2,\), lengths=\(1,\)"),
         (lambda: est.empirical(torch.tensor([[0.5, 1.0]])), r"correct must hold 0/1 or booleans, got 0.5"),
     ],
 )
@@ -429,6 +429,29 @@ def test_within_prompt_quantiles_with_ties_never_across_prompts():
     r = torch.tensor([[0.0, 1.0, 1.0, 3.0], [10.0, -5.0, 10.0, 10.0]])
     q = est.within_prompt_quantiles(r)
     assert q.tolist() == [[1 / 5, 2 / 5, 2 / 5, 4 / 5], [2 / 5, 1 / 5, 2 / 5, 2 / 5]]
+
+
+def test_probability_estimators_count_only_the_scored_rollouts():
+    correct = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1]])
+    scored = torch.tensor([[True, True, False, False], [True, False, True, True]])
+    # row 1: c = 1 of m = 2 scored; row 2: c = 2 of m = 3 scored
+    assert est.empirical(correct, scored).tolist() == [float(Fraction(1, 2)), float(Fraction(2, 3))]
+    assert est.laplace(correct, scored).tolist() == [float(Fraction(2, 4)), float(Fraction(3, 5))]
+    with pytest.raises(ValueError, match="row 1 has none"):
+        est.laplace(correct, torch.tensor([[True] * 4, [False] * 4]))
+    with pytest.raises(ValueError, match="scored must have the shape"):
+        est.empirical(correct, torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_within_prompt_quantiles_rank_among_the_scored_rollouts():
+    rewards = torch.tensor([[0.5, math.nan, 0.1, 0.9], [1.0, 0.0, math.nan, math.nan]])
+    scored = ~rewards.isnan()
+    q = est.within_prompt_quantiles(rewards, scored)
+    # (#{scored l: r_l < r_j} + 1)/(m_scored + 1): m = 3 and 2
+    expected = [[2 / 4, math.nan, 1 / 4, 3 / 4], [2 / 3, 1 / 3, math.nan, math.nan]]
+    torch.testing.assert_close(q, torch.tensor(expected, dtype=torch.float64), equal_nan=True)
+    with pytest.raises(ValueError, match="rewards must not contain NaN"):
+        est.within_prompt_quantiles(rewards)
 
 
 def test_reward_history_is_a_fifo_queried_before_append():

@@ -224,17 +224,77 @@ def test_second_derivatives_differentiate_the_weight():
 def test_weights_are_constants():
     p = torch.tensor([0.2, 0.7], dtype=torch.float64, requires_grad=True)
     for w in (obj.passn_sft_weight(p, 4), obj.passn_rl_weight(p, 4), obj.majority_sft_weight(p, 8, 3),
-              obj.majority_rl_weight(p, 8, 3), obj.best_of_n_rl_weight(p, 4)):
+              obj.majority_rl_weight(p, 8, 3)):
         assert not w.requires_grad
 
 
-def test_half_precision_is_promoted():
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_best_of_n_rl_weight_is_differentiable_in_q_and_exact_at_the_ends(n):
+    q = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    w = obj.best_of_n_rl_weight(q, n)
+    assert w.tolist() == [float(n * Fraction(v).limit_denominator() ** (n - 1)) for v in (0, 0.25, 0.5, 1)]
+    w.sum().backward()
+    # d/dq n·q^(n−1) = n(n−1)·q^(n−2), by exact rationals (0^0 = 1 at n = 2, and 0 for n = 1)
+    expected = [float(n * (n - 1) * Fraction(v) ** (n - 2)) if n >= 2 else 0.0 for v in (0, 0.25, 0.5, 1)]
+    assert q.grad.tolist() == expected
+    x = torch.tensor([0.3, 0.6], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: obj.best_of_n_rl_weight(v, n), (x,))
+
+
+FLOAT_OUTPUTS = {
+    "passn_probability": lambda x: obj.passn_probability(x, 4),
+    "passn_rl_weight": lambda x: obj.passn_rl_weight(x, 4),
+    "passn_sft_weight": lambda x: obj.passn_sft_weight(x, 4),
+    "majority_probability": lambda x: obj.majority_probability(x, 8, 3),
+    "majority_rl_weight": lambda x: obj.majority_rl_weight(x, 8, 3),
+    "majority_sft_weight": lambda x: obj.majority_sft_weight(x, 8, 3),
+    "best_of_n_rl_weight": lambda x: obj.best_of_n_rl_weight(x, 4),
+    "normalize_prompt_weights": obj.normalize_prompt_weights,
+    "normalize_sample_weights": obj.normalize_sample_weights,
+}
+LOG_OUTPUTS = {
+    "passn_log_probability": lambda x: obj.passn_log_probability(x, 4),
+    "passn_sft_weight_from_logp": lambda x: obj.passn_sft_weight_from_logp(x, 4),
+    "passn_sft_loss": lambda x: obj.passn_sft_loss(x, 4, reduction="none"),
+    "majority_log_probability": lambda x: obj.majority_log_probability(x, 8, 3),
+    "majority_sft_weight_from_logp": lambda x: obj.majority_sft_weight_from_logp(x, 8, 3),
+    "majority_sft_loss": lambda x: obj.majority_sft_loss(x, 8, 3, reduction="none"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "expected"),
+    [(name, d, e) for name in [*FLOAT_OUTPUTS, *LOG_OUTPUTS] for d, e in [
+        (torch.float32, torch.float32), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32)]],
+)
+def test_outputs_keep_the_input_floating_dtype(name, dtype, expected):
+    fn = FLOAT_OUTPUTS.get(name) or LOG_OUTPUTS[name]
+    x = torch.tensor([0.25, 0.5]) if name in FLOAT_OUTPUTS else torch.tensor([-1.5, -0.25])
+    out = fn(x.to(dtype))
+    assert out.dtype == expected
+    # computed in float64 inside: the float32 result is the float64 result rounded once
+    if dtype == torch.float32:
+        assert torch.equal(out, fn(x.to(torch.float64)).to(torch.float32))
+    assert fn(x.tolist()).dtype == torch.float64  # numbers and lists: float64
+
+
+def test_half_precision_gradients_flow_back_in_the_input_dtype():
     log_p = torch.tensor([-2.0, -0.5], dtype=torch.bfloat16, requires_grad=True)
     loss = obj.passn_sft_loss(log_p, 8, reduction="none")
     assert loss.dtype == torch.float32
     loss.sum().backward()
     assert log_p.grad.dtype == torch.bfloat16
-    assert obj.passn_sft_weight(torch.tensor([0.5], dtype=torch.float16), 4).dtype == torch.float64
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 16, 64])
+def test_majority_k_equals_n_gradient_is_exactly_minus_n(n):
+    log_p = torch.tensor([0.0, -1e-3, -0.5, -7.0, -200.0], dtype=torch.float64, requires_grad=True)
+    obj.majority_sft_loss(log_p, n, n, reduction="sum").backward()
+    assert log_p.grad.tolist() == [-float(n)] * 5
+    assert obj.majority_sft_weight(torch.tensor([1.0, 0.5], dtype=torch.float64), n, n).tolist() == [float(n)] * 2
+    # the RL weight n·C(n−1,k−1)·p^(k−1)(1−p)^(n−k) is n·p^(n−1) at k = n: exactly n at p = 1
+    assert obj.majority_rl_weight(torch.tensor([1.0], dtype=torch.float64), n, n).tolist() == [float(n)]
 
 
 # ------------------------------------------------------------------------------------------------ extreme regime
@@ -343,12 +403,12 @@ def test_weighted_policy_loss_detaches_advantage_and_weight():
         (lambda: obj.majority_rl_weight(0.5, 4, 0), r"k must be a positive int, got 0"),
         (lambda: obj.majority_sft_loss(torch.tensor([-1.0]), 4, 2, reduction="avg"), r"reduction must be .* got 'avg'"),
         (lambda: obj.best_of_n_rl_weight(-0.1, 4), r"q must lie in \[0, 1\], got -0.1"),
-        (lambda: obj.normalize_prompt_weights(torch.tensor([1.0])), r"at least two prompts to normalise, got 1"),
+        (lambda: obj.normalize_prompt_weights(torch.tensor([1.0])), r"at least two distinct prompts .* got 1"),
         (lambda: obj.normalize_prompt_weights(torch.ones(2, 2)), r"must be 1-D .* got shape \(2, 2\)"),
-        (lambda: obj.normalize_prompt_weights(torch.zeros(3)), r"all zero"),
-        (lambda: obj.normalize_sample_weights(torch.zeros(2, 2)), r"all zero"),
+        (lambda: obj.normalize_prompt_weights(torch.zeros(3)), r"all-zero"),
+        (lambda: obj.normalize_sample_weights(torch.zeros(2, 2)), r"all-zero"),
         (lambda: obj.normalize_sample_weights(torch.tensor([1.0, float("inf")])), r"finite and >= 0, got inf"),
-        (lambda: obj.weighted_policy_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3, 1)), r"shapes must match"),
+        (lambda: obj.weighted_policy_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3, 1)), r"same shape .* weights=\(3, 1\)"),
         (
             lambda: obj.weighted_policy_loss(torch.zeros(2), torch.tensor([0.0, float("nan")]), torch.ones(2)),
             r"advantages must be finite, got nan at index \(1,\)",

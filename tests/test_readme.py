@@ -23,4 +23,4 @@ def test_readme_example_comments_hold():
     namespace: dict = {}
     (block,) = [b for b in python_blocks() if "PassAtN(16).sft_loss" in b]
     exec(compile(block, "README.md", "exec"), namespace)
-    assert torch.allclose(namespace["log_p"].grad.double(), -namespace["PassAtN"](16).sft_weight(namespace["log_p"].detach().exp()) / 2, rtol=1e-5)
+    assert torch.allclose(namespace["log_p"].grad.double(), -namespace["PassAtN"](16).sft_weight(namespace["log_p"].detach().exp()).double() / 2, rtol=1e-5)

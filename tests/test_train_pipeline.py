@@ -84,7 +84,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path, capsys):
 def test_sft_run_on_gold_answers(tmp_path):
     recipe = _write_recipe(tmp_path, train={"algorithm": "sft", "cat_strategy": "passn", "cat_n": 4,
                                             "trl": {"max_steps": 2, "per_device_train_batch_size": 4,
-                                                    "max_length": 64, "learning_rate": 1e-3,
+                                                    "max_length": 128, "learning_rate": 1e-3,
                                                     "save_steps": 2, "gradient_checkpointing": False}},
                            eval__enabled=False, logging__mode="disabled")
     assert main(["train", str(recipe)]) == 0

@@ -6,6 +6,7 @@ from fractions import Fraction
 from itertools import combinations, product
 from math import comb
 
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -114,6 +115,20 @@ def test_sequence_estimator_gives_per_sample_weights():
     torch.testing.assert_close(out.weights.flatten(), torch.tensor(reference, dtype=torch.float64))
 
 
+def test_best_of_n_weights_count_only_scored_rollouts_left_in_the_loss():
+    rewards = torch.tensor([[0.5, math.nan, 0.1, 0.9], [1.0, 0.0, 0.3, 0.2]], dtype=torch.float64)
+    scored = ~rewards.isnan()
+    trainable = torch.tensor([[True, True, True, False], [True, True, True, True]])  # one truncated rollout
+    out = compute_cat_weights("best_of_n", GROUPS, n=3, rewards=rewards, scored=scored, trainable=trainable)
+    # q among each prompt's scored rollouts: (2/4, −, 1/4, 3/4) and (4/5, 1/5, 3/5, 2/5); w = 3q², mean 1 over the 6
+    # rollouts that are scored and in the loss, 0 for the other two (the truncated one still ranks the others)
+    qs = [Fraction(2, 4), Fraction(1, 4), Fraction(4, 5), Fraction(1, 5), Fraction(3, 5), Fraction(2, 5)]
+    w = _mean_one([3 * q**2 for q in qs])
+    expected = torch.tensor([[w[0], 0.0, w[1], 0.0], w[2:]], dtype=torch.float64)
+    torch.testing.assert_close(out.weights, expected, rtol=1e-12, atol=1e-12)
+    assert out.counted.sum() == 6
+
+
 def test_clip_caps_before_normalising():
     out = compute_cat_weights("passn", GROUPS, n=4, form="raw", p_estimator="empirical", clip=1.0)
     # raw 4·(3/4)^3 = 1.6875 → 1.0; 4·(1/4)^3 = 0.0625
@@ -165,8 +180,8 @@ def _contains_a(completions, **kwargs):
     return [1.0 if "a" in c else 0.0 for c in completions]
 
 
-def _first_char(completion):
-    return completion[:1] or None
+def _first_chars(completions):
+    return [c[:1] or None for c in completions]
 
 
 def _dataset():
@@ -203,11 +218,11 @@ class _GradSnapshot(TrainerCallback):
         self.grads.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None})
 
 
-def _train(trainer_cls, config, **kwargs):
+def _train(trainer_cls, config, reward_funcs=_contains_a, **kwargs):
     model, tokenizer = tiny_llama()
     snapshot = _GradSnapshot(model)
     trainer = trainer_cls(
-        model=model, reward_funcs=_contains_a, args=config, train_dataset=_dataset(), processing_class=tokenizer,
+        model=model, reward_funcs=reward_funcs, args=config, train_dataset=_dataset(), processing_class=tokenizer,
         callbacks=[snapshot], **kwargs,
     )
     trainer.train()
@@ -216,17 +231,20 @@ def _train(trainer_cls, config, **kwargs):
 
 @pytest.mark.parametrize("cat", [{"cat_strategy": "none"}, {"cat_strategy": "passn", "cat_n": 1}])
 def test_identity_with_plain_grpo(tmp_path, cat):
-    plain, plain_grads = _train(GRPOTrainer, GRPOConfig(**_common(tmp_path / "a")))
-    ours, our_grads = _train(CATGRPOTrainer, CATGRPOConfig(**_common(tmp_path / "b"), **cat))
-    assert plain.state.log_history[0]["loss"] == ours.state.log_history[0]["loss"]
+    # rewards with spread in both groups, so the advantages and the gradient are not zero
+    rewards = _fixed_rewards(HAND_BUILT)
+    plain, plain_grads = _train(GRPOTrainer, GRPOConfig(**_common(tmp_path / "a")), reward_funcs=rewards)
+    ours, our_grads = _train(CATGRPOTrainer, CATGRPOConfig(**_common(tmp_path / "b"), **cat), reward_funcs=rewards)
+    assert plain.state.log_history[0]["loss"] == ours.state.log_history[0]["loss"] != 0
     assert plain_grads[0].keys() == our_grads[0].keys() and plain_grads[0]
+    assert any(bool(grad.abs().max() > 1e-4) for grad in plain_grads[0].values())
     for name, grad in plain_grads[0].items():
         torch.testing.assert_close(our_grads[0][name], grad, rtol=0, atol=0)
 
 
 def test_passn_weights_scale_advantages_and_are_logged(tmp_path):
     config = CATGRPOConfig(**_common(tmp_path), cat_strategy="majority", cat_n=4, cat_k="dynamic", cat_weight_form="raw")
-    trainer, grads = _train(CATGRPOTrainer, config, answer_key_fn=_first_char)
+    trainer, grads = _train(CATGRPOTrainer, config, answer_keys_fn=_first_chars)
     logs = trainer.state.log_history[0]
     for key in ("cat/weight_mean", "cat/weight_max", "cat/weight_frac_zero", "cat/p_hat_mean",
                 "cat/effective_sample_size", "cat/k_mean", "cat/raw_reward_mean"):
@@ -308,13 +326,14 @@ def _fixed_rewards(values):
 
 def _step(tmp_path, rewards, answer_keys=None, **cat):
     """One training step whose 2×4 rollouts get ``rewards`` (and ``answer_keys``) in order; lr 0 keeps the model."""
-    config = CATGRPOConfig(**_common(tmp_path, learning_rate=0.0, max_grad_norm=0.0), **cat)
+    config = CATGRPOConfig(**{**_common(tmp_path, learning_rate=0.0, max_grad_norm=0.0), **cat})
     model, tokenizer = tiny_llama()
     snapshot = _GradSnapshot(model)
     keys = iter(answer_keys or [])
     trainer = _Recording(
         model=model, reward_funcs=_fixed_rewards(rewards), args=config, train_dataset=_dataset(),
-        processing_class=tokenizer, callbacks=[snapshot], answer_key_fn=(lambda c: next(keys)) if answer_keys else None,
+        processing_class=tokenizer, callbacks=[snapshot],
+        answer_keys_fn=(lambda cs: [next(keys) for _ in cs]) if answer_keys else None,
     )
     trainer.train()
     return trainer, snapshot.grads[0]
@@ -371,8 +390,9 @@ def _passk_brute_force(group, k) -> list[float]:
 def test_pkpo_credits_replace_the_advantages_and_drive_the_gradient(tmp_path):
     rewards = [0.25, 0.75, 0.5, 0.75, 0.0, 1.0, 0.125, 0.625]  # ties in prompt 1; exact in float32
     trainer, grads = _step(tmp_path, rewards, cat_strategy="pkpo", cat_n=2)
-    expected = torch.tensor(_pkpo_brute_force(rewards[:4], 2) + _pkpo_brute_force(rewards[4:], 2))
-    torch.testing.assert_close(pkpo_sloo_minus_one(torch.tensor(rewards).view(2, 4), 2).flatten().float(), expected)
+    credits = torch.tensor(_pkpo_brute_force(rewards[:4], 2) + _pkpo_brute_force(rewards[4:], 2))
+    torch.testing.assert_close(pkpo_sloo_minus_one(torch.tensor(rewards).view(2, 4), 2).flatten().float(), credits)
+    expected = 4 * credits  # sum convention (the estimator is Σ_i s_i ∇log π) → TRL's mean over the 4 rollouts
     torch.testing.assert_close(trainer.scored["advantages"], expected, rtol=1e-6, atol=1e-7)
     reference = _surrogate_grads(trainer.model, trainer.scored, expected)
     assert reference.keys() == grads.keys()
@@ -420,9 +440,11 @@ def test_all_wrong_penalty_then_weight_and_logged_alignment(tmp_path):
 
 @pytest.mark.parametrize(("estimator", "num_iterations"), [("sequence", 1), ("length_normalized", 2)])
 def test_sequence_estimators_use_the_old_policy_log_prob(tmp_path, estimator, num_iterations):
-    # num_iterations=2 makes TRL compute old_per_token_logps itself; with 1 the trainer runs its own forward pass
+    # num_iterations=2 makes TRL compute old_per_token_logps itself; with 1 the trainer runs its own forward pass.
+    # Two-token completions keep the sequence p̂ above its 1e-10 floor, so the weights differ per rollout.
     trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
-                       cat_p_estimator=estimator, num_iterations=num_iterations)
+                       cat_p_estimator=estimator, num_iterations=num_iterations, max_completion_length=2)
+    assert trainer.state.log_history[0]["cat/p_hat_floor_frac"] == 0.0
     inputs = trainer.scored
     assert ("old_per_token_logps" in inputs) == (num_iterations == 2)
     with torch.no_grad():
@@ -433,3 +455,151 @@ def test_sequence_estimators_use_the_old_policy_log_prob(tmp_path, estimator, nu
     w = 4 * (1 - p) ** 3
     expected = _grpo_advantages(HAND_BUILT) * w / w.mean()  # per-sample weights, mean 1 over the samples
     torch.testing.assert_close(inputs["advantages"].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_unequal_weights_reach_their_own_rows_down_to_the_gradient(tmp_path):
+    # pass@4 raw weights 4(1−p̂)^3 at p̂ = 1/4 and 3/4: 27/16 and 1/16, normalised 54/28 and 2/28; swapping the groups'
+    # weights, or applying them to the wrong rows, changes both the advantages and the gradient
+    trainer, grads = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                           cat_p_estimator="empirical", log_completions=True)
+    w = torch.tensor(_mean_one([Fraction(27, 16), Fraction(1, 16)]), dtype=torch.float64).repeat_interleave(4)
+    expected = _grpo_advantages(HAND_BUILT) * w
+    torch.testing.assert_close(trainer.scored["advantages"].double(), expected, rtol=1e-6, atol=1e-6)
+    reference = _surrogate_grads(trainer.model, trainer.scored, expected)
+    assert reference.keys() == grads.keys()
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-4
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6)
+    # TRL's completions table shows the advantages the loss used, after CAT, in rollout order
+    table = pd.read_parquet(tmp_path / "completions" / "completions_00001.parquet")
+    torch.testing.assert_close(torch.tensor(table["advantage"].tolist(), dtype=torch.float64), expected,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_pkpo_k1_is_the_leave_one_out_advantage_on_the_grpo_scale(tmp_path):
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="pkpo", cat_n=1)
+    r = torch.tensor(HAND_BUILT, dtype=torch.float64).view(2, 4)
+    # n·s_i = g_i − mean_{j≠i} g_j = n/(n−1)·(g_i − ḡ): GRPO's advantage times (std + 1e-4)·n/(n−1)
+    expected = (_grpo_advantages(HAND_BUILT).view(2, 4) * (r.std(1, keepdim=True) + 1e-4) * 4 / 3).flatten()
+    torch.testing.assert_close(trainer.scored["advantages"].double(), expected, rtol=1e-5, atol=1e-6)
+    assert float(trainer.scored["advantages"].abs().max()) == pytest.approx(1.0)  # ±1 at 1/4 and 3/4 correct
+
+
+UNSCORABLE = [1.0, None, 0.0, 0.0, 0.0, None, 0.0, None]  # prompt 1: 1 of 3 scored correct, prompt 2: 0 of 2
+
+
+def _trl_advantages_with_unscorable(values) -> torch.Tensor:
+    """TRL's nan-aware group standardisation; unscorable rollouts get 0."""
+    r = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64).view(-1, 4)
+    mean = torch.nanmean(r, dim=1, keepdim=True)
+    std = torch.sqrt(torch.nansum((r - mean) ** 2, dim=1, keepdim=True) / ((~r.isnan()).sum(1, keepdim=True) - 1))
+    return torch.nan_to_num((r - mean) / (std + 1e-4), nan=0.0).flatten()
+
+
+def test_unscorable_completions_take_no_part(tmp_path):
+    trainer, _ = _step(tmp_path, UNSCORABLE, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                       cat_p_estimator="laplace", cat_all_wrong_penalty=0.5)
+    # Laplace p̂ over the scored rollouts: (1+1)/(3+2) and (0+1)/(2+2); the penalty only on prompt 2's scored rows
+    w = _mean_one([4 * (1 - Fraction(2, 5)) ** 3, 4 * (1 - Fraction(1, 4)) ** 3])
+    scored = torch.tensor([v is not None for v in UNSCORABLE], dtype=torch.float64)
+    penalty = torch.tensor([0.0] * 4 + [0.5] * 4, dtype=torch.float64) * scored
+    weights = torch.tensor(w, dtype=torch.float64).repeat_interleave(4) * scored
+    expected = (_trl_advantages_with_unscorable(UNSCORABLE) - penalty) * weights
+    torch.testing.assert_close(trainer.scored["advantages"].double(), expected, rtol=1e-6, atol=1e-6)
+    logs = trainer.state.log_history[0]
+    assert logs["cat/p_hat_mean"] == pytest.approx((2 / 5 + 1 / 4) / 2)
+    assert logs["cat/weight_mean"] == pytest.approx((3 * w[0] + 2 * w[1]) / 5)  # over the 3 + 2 scored rollouts
+
+
+def test_unscorable_completions_get_no_pass_at_k_credit(tmp_path):
+    values = [0.25, None, 0.75, 0.5, 1.0, None, None, None]  # prompt 2 has one scored rollout: too few for pass@2
+    trainer, _ = _step(tmp_path, values, cat_strategy="pkpo", cat_n=2)
+    credits = [3 * c for c in _pkpo_brute_force([0.25, 0.75, 0.5], 2)]  # 3 scored rollouts, mean convention
+    expected = torch.tensor([credits[0], 0.0, credits[1], credits[2], 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(trainer.scored["advantages"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_dynamic_k_clusters_only_the_scored_completions(tmp_path):
+    calls = []
+    model, tokenizer = tiny_llama()
+    config = CATGRPOConfig(**_common(tmp_path, learning_rate=0.0), cat_strategy="majority", cat_n=4, cat_k="dynamic",
+                           cat_weight_form="raw")
+
+    def keys(completions):
+        calls.append(len(completions))
+        return ["a", "b", "b", "c"][: len(completions)] if len(completions) == 3 else ["a"] * len(completions)
+
+    trainer = _Recording(model=model, reward_funcs=_fixed_rewards([1.0, None, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]),
+                         args=config, train_dataset=_dataset(), processing_class=tokenizer, answer_keys_fn=keys)
+    trainer.train()
+    assert calls == [3, 4]  # one call per prompt group, with its scored completions
+    # prompt 1: wrong clusters {b: 2} of 3 scored → k = min(3, ⌊4·2/3⌋+1) = 3; prompt 2: {a: 1} of 4 → k = 2
+    assert trainer.state.log_history[0]["cat/k_mean"] == pytest.approx(2.5)
+
+
+def test_truncated_completions_leave_the_per_sample_normalisation(tmp_path):
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                       cat_p_estimator="length_normalized", mask_truncated_completions=True, max_completion_length=16)
+    inputs = trainer.scored
+    tokens = inputs["completion_mask"].sum(dim=1)
+    valid = tokens > 0
+    assert 2 <= int(valid.sum()) < 8  # some rows masked, several left (seeded)
+    with torch.no_grad():
+        log_p = _completion_logps(trainer.model, inputs).double().sum(dim=1) / tokens.clamp(min=1)
+    p = torch.exp(log_p.clamp(-50, 0)).clamp(1e-10, 1 - 1e-10)
+    w = torch.where(valid, 4 * (1 - p) ** 3, 0.0)
+    w = w / w[valid].mean()  # mean 1 over the rollouts that have tokens in the loss
+    expected = torch.where(valid, _grpo_advantages(HAND_BUILT) * w, 0.0)
+    torch.testing.assert_close(inputs["advantages"].double(), expected, rtol=1e-4, atol=1e-6)
+    assert trainer.state.log_history[0]["cat/p_hat_mean"] == pytest.approx(float(p[valid].mean()), rel=1e-4)
+
+
+def test_sequence_floor_warns_once_and_is_logged(tmp_path):
+    # 8 random-model tokens: p = π(y|x) far below 1e-10 for every rollout, so every weight is the same
+    with pytest.warns(UserWarning, match="1e-10 floor for 100% of the rollouts"):
+        trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                           cat_p_estimator="sequence")
+    assert trainer.state.log_history[0]["cat/p_hat_floor_frac"] == 1.0
+
+
+def test_eval_batch_of_one_prompt_group_gets_weight_one(tmp_path):
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+                           cat_p_estimator="empirical", per_device_eval_batch_size=4, num_generations_eval=4)
+    model, tokenizer = tiny_llama()
+    trainer = CATGRPOTrainer(model=model, reward_funcs=_fixed_rewards([1.0, 0.0, 0.0, 0.0]), args=config,
+                             train_dataset=_dataset(), eval_dataset=Dataset.from_dict({"prompt": ["ab", "ba"]}),
+                             processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    assert metrics["eval_cat/weight_mean"] == 1.0 and metrics["eval_cat/weight_max"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cat_strategy": "pkpo", "cat_n": 4, "num_generations_eval": 2, "per_device_eval_batch_size": 4},
+         "num_generations_eval=2"),
+        ({"cat_strategy": "passk_advantage", "cat_n": 3, "num_generations_eval": 2, "per_device_eval_batch_size": 4},
+         "num_generations_eval=2"),
+        ({"num_generations_eval": 3, "per_device_eval_batch_size": 4}, "per_device_eval_batch_size=4"),
+        ({"num_generations_eval": 0}, "num_generations_eval"),
+    ],
+)
+def test_config_checks_eval_sizes(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        CATGRPOConfig(**_common(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize("strategy", ["passn", "majority", "pkpo", "passk_advantage", "best_of_n"])
+def test_cat_n_one_is_never_refused_for_batch_sizes(tmp_path, strategy):
+    # one prompt per generation batch and one rollout per evaluation prompt: weights ≡ 1 need neither
+    form = {"cat_weight_form": "raw"} if strategy == "best_of_n" else {}
+    config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4, num_generations_eval=1,
+                                     per_device_eval_batch_size=1), cat_strategy=strategy, cat_n=1, **form)
+    assert config.cat_n == 1
+
+
+def test_per_sample_weights_need_no_second_prompt(tmp_path):
+    # per-sample p̂ normalises over the rollouts, so one prompt per generation batch is enough
+    config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4), cat_strategy="passn", cat_n=4,
+                           cat_p_estimator="length_normalized")
+    assert config.generation_batch_size == config.num_generations

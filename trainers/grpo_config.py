@@ -12,6 +12,7 @@ from cat.estimators import P_ESTIMATORS
 GRPO_STRATEGIES = ("none", "passn", "majority", "best_of_n", "pkpo", "passk_advantage")
 WEIGHT_FORMS = ("log", "raw")
 QUANTILES = ("within_prompt", "history")
+PER_PROMPT = ("empirical", "laplace")  # p̂ estimators that give one value per prompt
 
 
 @dataclass
@@ -56,6 +57,21 @@ class CATGRPOConfig(GRPOConfig):
         self._validate_cat()
 
     def _validate_cat(self) -> None:
+        if self.num_generations_eval is not None and (
+            isinstance(self.num_generations_eval, bool)
+            or not isinstance(self.num_generations_eval, int)
+            or self.num_generations_eval < 1
+        ):
+            raise ValueError(f"num_generations_eval must be None or an int >= 1, got {self.num_generations_eval!r}")
+        if self.num_generations_eval is not None:
+            # TRL checks this only when an eval strategy is set; evaluate() can be called without one.
+            global_eval_batch = self.per_device_eval_batch_size * self.world_size
+            if global_eval_batch % self.num_generations_eval:
+                raise ValueError(
+                    f"per_device_eval_batch_size={self.per_device_eval_batch_size} (x {self.world_size} processes) "
+                    f"must be a multiple of num_generations_eval={self.num_generations_eval}: an evaluation batch "
+                    "holds whole prompt groups"
+                )
         if self.cat_strategy not in GRPO_STRATEGIES:
             raise ValueError(f"cat_strategy must be one of {GRPO_STRATEGIES}, got {self.cat_strategy!r}")
         if isinstance(self.cat_n, bool) or not isinstance(self.cat_n, int) or self.cat_n < 1:
@@ -85,14 +101,33 @@ class CATGRPOConfig(GRPOConfig):
             raise ValueError(f"cat_quantile must be one of {QUANTILES}, got {self.cat_quantile!r}")
         if isinstance(self.cat_history_size, bool) or not isinstance(self.cat_history_size, int) or self.cat_history_size < 1:
             raise ValueError(f"cat_history_size must be an int >= 1, got {self.cat_history_size!r}")
+        self._validate_batch_sizes()
+
+    def _validate_batch_sizes(self) -> None:
+        """Group sizes the strategy needs, in training and in evaluation. cat_n = 1 is never refused here: its
+        weights are ≡ 1 whatever the batch."""
+        if self.cat_n == 1:
+            return
         prompts_per_batch = self.generation_batch_size // self.num_generations
-        if self.cat_normalize and self.cat_strategy in ("passn", "majority") and prompts_per_batch < 2:
+        per_prompt_weights = self.cat_strategy in ("passn", "majority") and self.cat_p_estimator in PER_PROMPT
+        # one weight per prompt, normalised to mean 1 over the prompts: a lone prompt would always get 1
+        if self.cat_normalize and per_prompt_weights and prompts_per_batch < 2:
             raise ValueError(
                 f"cat_normalize needs >= 2 prompts per generation batch, got {prompts_per_batch} "
                 f"(generation_batch_size={self.generation_batch_size}, num_generations={self.num_generations})"
             )
-        if self.cat_strategy in ("pkpo", "passk_advantage") and self.cat_n > self.num_generations:
-            raise ValueError(f"cat_n must be <= num_generations={self.num_generations} for pkpo, got {self.cat_n!r}")
+        if self.cat_strategy not in ("pkpo", "passk_advantage"):
+            return
+        if self.cat_n > self.num_generations:
+            raise ValueError(
+                f"cat_n must be <= num_generations={self.num_generations} for {self.cat_strategy}, got {self.cat_n!r}"
+            )
+        eval_generations = self.num_generations_eval or self.num_generations
+        if self.cat_n > eval_generations:
+            raise ValueError(
+                f"cat_n must be <= num_generations_eval={eval_generations} for {self.cat_strategy} (pass@k needs k "
+                f"rollouts per evaluation prompt), got {self.cat_n!r}"
+            )
 
 
 def _is_finite_real(value) -> bool:

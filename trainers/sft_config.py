@@ -19,7 +19,10 @@ class CATSFTConfig(SFTConfig):
     cat_k: int | None = field(default=None, metadata={"help": "Majority threshold in [1, N]; None = ⌊N/2⌋+1."})
     cat_reduction: str = field(
         default="sequence_mean",
-        metadata={"help": "'sequence_mean' (mean over sequences) or 'token_mean' (sum over sequences / tokens)."},
+        metadata={
+            "help": "'sequence_mean' (Σ ℓ / sequences) or 'token_mean' (Σ ℓ / target tokens), counted over the whole "
+            "gradient-accumulation window and all processes."
+        },
     )
 
     def __post_init__(self):
