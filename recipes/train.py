@@ -179,7 +179,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, task: Task, callbacks: list)
               "callbacks": callbacks}
     if recipe.train.algorithm == "grpo":
         return CATGRPOTrainer(reward_funcs=correctness_reward(task), train_dataset=grpo_dataset(task),
-                              answer_keys_fn=lambda cs: [task.answer_key(completion_text(c)) for c in cs], **common)
+                              answer_keys_fn=lambda cs: task.answer_keys([completion_text(c) for c in cs]), **common)
     return CATSFTTrainer(train_dataset=sft_dataset(task, recipe.train.sft_target), **common)
 
 

@@ -153,3 +153,17 @@ def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
     assert last_complete_checkpoint(tmp_path, "grpo") == str(tmp_path / "checkpoint-2")  # CAT state not yet written
     assert last_complete_checkpoint(tmp_path, "sft") == str(tmp_path / "checkpoint-3")
+
+
+def test_dynamic_majority_clusters_a_group_by_the_verifiers_equivalence(tmp_path):
+    from recipes.models import load_pretrained
+    from recipes.train import build_trainer, load_train_task
+
+    recipe = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"), "logging": {"mode": "disabled"},
+                               "train": {**TINY_RECIPE["train"], "cat_strategy": "majority", "cat_k": "dynamic"}})
+    model, tokenizer = load_pretrained("tiny-llama")
+    trainer = build_trainer(recipe, model, tokenizer, load_train_task(recipe), callbacks=[])
+    group = [[{"role": "assistant", "content": text}] for text in
+             ("\\boxed{\\frac{1}{2}}", "so it is 0.5", "\\boxed{1/3}", "nothing")]
+    keys = trainer.answer_keys_fn(group)
+    assert keys[0] == keys[1] != keys[2] and keys[3] is None
