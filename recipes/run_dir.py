@@ -156,8 +156,7 @@ def open_run_dir(directory: str | Path, kind: str, what: str, *, resume: bool = 
         check_start(directory, kind, what, resume=resume, overwrite=overwrite)
         if overwrite and has_content(directory):
             clear(directory)
-        if read_marker(directory) is None:
-            write_marker(directory, kind)
+        _mark(directory, kind)
         yield directory
     finally:
         held.release()
@@ -167,6 +166,12 @@ def claim(directory: str | Path, kind: str, what: str) -> None:
     """Mark ``directory`` for a ``kind`` run after checking it is one (for a caller that already holds a lock above)."""
     check_kind(directory, kind, what)
     Path(directory).mkdir(parents=True, exist_ok=True)
-    if read_marker(directory) is None:
+    _mark(directory, kind)
+
+
+def _mark(directory: Path, kind: str) -> None:
+    """Write the marker unless it is there; an empty directory left by a failed start of another kind is re-marked."""
+    marker = read_marker(directory)
+    if marker is None or (marker["kind"] != kind and not has_content(directory)):
         write_marker(directory, kind)
 
