@@ -5,7 +5,9 @@ Then one line per finished problem: ``{"id", "prompt_tokens", "wall_time", "samp
 "answer" (the extracted final answer as written; None = unparsed, counted as wrong), "answer_key" (its majority-vote
 cluster within the problem's samples: equivalent answers share the key of the cluster's first answer), "correct",
 "finished" (ended before the token limit), "scores": {scorer: float}}]}``.
-Each line is flushed and fsync'ed; a torn last line from a kill is dropped on resume.
+Each line is flushed and fsync'ed. A kill can only tear the last line: on resume it is dropped and the file is
+rewritten atomically (temp file + rename), so the finished records survive a second kill during that rewrite. Any
+other unreadable line is an error naming the file and line, never a silent truncation.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from core.files import atomic_write_text
 
 
 class RecordsFile:
@@ -24,26 +28,19 @@ class RecordsFile:
         if self.path.exists() and self.path.stat().st_size > 0:
             self._load()
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"config": self.config})
+            atomic_write_text(self.path, json.dumps({"config": self.config}) + "\n")
 
     def _load(self) -> None:
-        lines = self.path.read_text().split("\n")
-        header = json.loads(lines[0])
-        if header.get("config") != self.config:
-            diff = sorted(k for k in set(header.get("config", {})) | set(self.config)
-                          if header.get("config", {}).get(k) != self.config.get(k))
+        text = _read_text(self.path)
+        header, records, kept = parse_records(self.path, text)
+        if header != self.config:
+            diff = sorted(k for k in set(header) | set(self.config) if header.get(k) != self.config.get(k))
             raise ValueError(f"records file {self.path} is from another configuration (differs in {diff}); "
                              "use another --out or delete it")
-        kept = [lines[0]]
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # torn write from a kill: everything after it is discarded
-            self.done[record["id"]] = record
-            kept.append(line)
-        self.path.write_text("\n".join(kept) + "\n")
+        self.done = {record["id"]: record for record in records}
+        clean = "\n".join(kept) + "\n"
+        if text != clean:  # a torn last line, or a last line without its newline: appending would corrupt it
+            atomic_write_text(self.path, clean)
 
     def _append(self, obj: dict) -> None:
         with self.path.open("a") as f:
@@ -56,9 +53,42 @@ class RecordsFile:
         self.done[record["id"]] = record
 
 
-def read_records(path: str | Path) -> tuple[dict, list[dict]]:
-    """(config, records) of a finished or partial records file."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+def parse_records(path: Path, text: str) -> tuple[dict, list[dict], list[str]]:
+    """``(config, records, kept lines)`` of a records file's text; a last line torn by a kill is not kept."""
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
     if not lines:
         raise ValueError(f"records file {path} is empty")
-    return json.loads(lines[0])["config"], [json.loads(line) for line in lines[1:]]
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
+        raise ValueError(f"records file {path} line 1: not a records header ({{\"config\": {{...}}}}); "
+                         "use another --out or delete it")
+    records = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # only the last line can be torn by a kill
+                return header["config"], records, lines[:-1]
+            raise ValueError(f"records file {path} line {number}: not valid JSON; the file is damaged") from None
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise ValueError(f"records file {path} line {number}: a record needs a string 'id'; the file is damaged")
+        records.append(record)
+    return header["config"], records, lines
+
+
+def read_records(path: str | Path) -> tuple[dict, list[dict]]:
+    """(config, records) of a finished or partial records file."""
+    config, records, _ = parse_records(Path(path), _read_text(Path(path)))
+    return config, records
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"records file {path} is not UTF-8 text (byte {error.start}); the file is damaged") from None

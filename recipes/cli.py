@@ -7,42 +7,24 @@ Bad input (ValueError, TypeError, KeyError, OSError such as a missing file or an
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
 from pathlib import Path
 
 from recipes.config import Recipe, load_recipe, shipped_recipes
+from recipes.models import resolve_model_name  # noqa: F401 — part of the command's API
 
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)  # OSError: missing files, existing output_dir, Hub misses
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model_name(name: str) -> str:
-    """Check a model reference without downloading: an embedded name, a local directory, or an ``org/name`` Hub id."""
-    from recipes.models import EMBEDDED, TINY
-
-    if name in EMBEDDED or name == TINY:
-        return f"embedded:{name}"
-    if Path(name).is_dir():
-        return f"local:{name}"
-    if HUB_ID.match(name):
-        return f"hub:{name}"
-    raise ValueError(f"model.name: unknown model {name!r} (not embedded, not a local directory, not an org/name Hub id)")
 
 
 def dry_run(recipe: Recipe) -> dict:
-    """Resolve the model reference, the task rows and the trainer config without loading weights or training."""
-    from recipes.train import load_eval_task, load_train_task, trainer_config
+    """What ``catpot train`` checks before it loads weights or touches output_dir (``recipes.train.check_recipe``)."""
+    from recipes.train import check_recipe
 
-    model = resolve_model_name(recipe.model.name)
-    task = load_train_task(recipe)
-    if not task.problems:
-        raise ValueError(f"task {recipe.task.name!r}: no problems after filtering (split={recipe.task.split!r})")
-    config = trainer_config(recipe)  # validates the cat_* fields and the TRL arguments
-    eval_problems = len(load_eval_task(recipe)) if recipe.eval.enabled else 0
-    return {"model": model, "task": recipe.task.name, "problems": len(task.problems), "trainer": type(config).__name__,
-            "eval_problems": eval_problems, "output_dir": recipe.output_dir}
+    prepared = check_recipe(recipe, dry_run=True)
+    eval_problems = len(prepared.eval_task) if prepared.eval_task is not None else 0
+    return {"model": prepared.model, "task": recipe.task.name, "problems": len(prepared.task.problems),
+            "trainer": type(prepared.args).__name__, "eval_problems": eval_problems, "output_dir": recipe.output_dir}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -147,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message) -> str:
+    """A library's multi-line message as one line: the error line is one line whatever raised it."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     # TRL 1.16's own default (gradient_checkpointing=True) trips transformers 5.2x's rename warning on every run
     warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -155,11 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
         return status if isinstance(status, int) else 0  # eval/compare return their results for Python callers
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("catpot: interrupted (a train or eval run continues with the same command, --resume for train)",
+              file=sys.stderr)
+        return 130
     except USER_ERRORS as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"catpot: error: {message}", file=sys.stderr)
+        print(f"catpot: error: {one_line(message)}", file=sys.stderr)
         return 2
 
 

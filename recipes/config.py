@@ -1,7 +1,7 @@
 """Recipe files: YAML → typed dataclasses, with `--set section.field=value` overrides.
 
-A recipe has the sections ``model``, ``task``, ``train``, ``eval``, ``logging`` plus ``output_dir`` and ``seed``
-(issue 4 §2). Unknown keys are errors that name the key and the closest valid one; values are checked against the
+A recipe has the sections ``model``, ``task``, ``train``, ``eval``, ``logging`` plus ``output_dir`` and ``seed``.
+Unknown keys are errors that name the key and the closest valid one; values are checked against the
 dataclass field types so a typo never silently trains with a default.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +37,18 @@ class ModelConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"
     use_lora: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError(f"model.name must name a model, got {self.name!r}")
+        if self.lora_r < 1:
+            raise ValueError(f"model.lora_r must be an int >= 1, got {self.lora_r!r}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"model.lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:  # also refuses nan
+            raise ValueError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.adapter is not None and not self.adapter.strip():
+            raise ValueError(f"model.adapter must be a directory or null, got {self.adapter!r}")
 
 
 @dataclass
@@ -123,6 +137,8 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.output_dir.strip():
+            raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
         if self.train.cat_n < 1:
             raise ValueError(f"train.cat_n must be >= 1, got {self.train.cat_n}")
         k = self.train.cat_k
@@ -138,26 +154,35 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def _matches(value: Any, annotation: Any) -> bool:
+def value_matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits a field's type: bool is not an int, an int is a float, an Enum takes its values.
+
+    A type YAML cannot express (a callable, a class) is left to the code that takes the value.
+    """
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+        return any(value_matches(value, arg) for arg in typing.get_args(annotation))
     if origin is Literal:
         return any(value == arg and type(value) is type(arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
+    if origin in (list, tuple) or annotation in (list, tuple):
+        items = typing.get_args(annotation)
+        item = items[0] if len(items) == 1 or (len(items) == 2 and items[1] is Ellipsis) else Any
+        return isinstance(value, list) and all(value_matches(v, item) for v in value)
+    if origin is dict or annotation is dict:
         return isinstance(value, dict)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, annotation) or any(value == member.value for member in annotation)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    return True
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -173,7 +198,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value if value is not None else {}, name)
-        elif _matches(value, annotation):
+        elif value_matches(value, annotation):
             kwargs[key] = float(value) if annotation is float else value
         else:
             raise TypeError(f"{name} expects {_type_name(annotation)}, got {value!r}")
@@ -198,38 +223,112 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def parse_override(text: str, flag: str = "--set") -> tuple[str, Any]:
-    """``"train.cat_n=16"`` → ``("train.cat_n", 16)``; the value is parsed as YAML (ints, floats, lists, null)."""
+def _split_override(text: str, flag: str) -> tuple[str, str]:
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ValueError(f"{flag} expects key=value, got {text!r}")
+    return key.strip(), raw
+
+
+def _parse_value(raw: str) -> Any:
     value = yaml.safe_load(raw) if raw.strip() else ""
     if isinstance(value, str):
         try:  # YAML 1.1 reads "1e-5" as a string; a number is what the user meant.
             value = float(value)
         except ValueError:
             pass
-    return key.strip(), value
+    return value
+
+
+def _problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+
+
+def parse_override(text: str, flag: str = "--set") -> tuple[str, Any]:
+    """``"train.cat_n=16"`` → ``("train.cat_n", 16)``; the value is parsed as YAML (ints, floats, lists, null)."""
+    key, raw = _split_override(text, flag)
+    try:
+        return key, _parse_value(raw)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{flag} {key}: {raw!r} is not a YAML value ({_problem(error)})") from None
+
+
+def _annotation_at(dotted: str) -> Any:
+    """The type of the recipe field at ``dotted`` (``Any`` inside a free-form mapping such as ``train.trl``)."""
+    cls: Any = Recipe
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return Any
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return Any  # an unknown key: _build names it
+        cls = hints[part]
+    return cls
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """The value of ``--set key=raw``: YAML-parsed, except that a string field keeps the text as written.
+
+    Without that, ``logging.run_name=inf`` or ``output_dir=2024`` would become a number and be refused.
+    """
+    annotation, text = _annotation_at(key), raw.strip()
+    try:
+        value = _parse_value(raw)
+    except yaml.YAMLError as error:
+        if value_matches(text, annotation):
+            return text
+        raise ValueError(f"--set {key}: {raw!r} is not a YAML value ({_problem(error)})") from None
+    if annotation is not Any and not value_matches(value, annotation) and value_matches(text, annotation):
+        return text
+    return value
 
 
 def recipe_from_dict(data: dict, overrides: list[str] = ()) -> Recipe:
-    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise TypeError(f"a recipe must be a mapping of sections, got {type(data).__name__} {data!r:.60}")
+    data = dict(data)
     for text in overrides:
-        key, value = parse_override(text)
-        _set_path(data, key, value)
+        key, raw = _split_override(text, "--set")
+        _set_path(data, key, _override_value(key, raw))
     return _build(Recipe, data, "")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Load a recipe YAML file (a shipped recipe's name such as ``demo`` also works) and apply ``--set`` overrides."""
     path = resolve_recipe_path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"recipe {path} is not a text file (byte {error.start} is not UTF-8)") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ValueError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', error)}") from None
-    return recipe_from_dict(data if data is not None else {}, overrides)
+        raise ValueError(f"malformed YAML in {path}{where}: {_problem(error)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TypeError(f"recipe {path} must be a mapping of sections (model, task, train, ...), "
+                        f"got a YAML {type(data).__name__}")
+    return recipe_from_dict(data, overrides)
 
 
 RECIPES_DIR = Path(__file__).parent

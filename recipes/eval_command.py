@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from core.files import atomic_write_json
 from pot.evaluation import (STRATEGIES, check_ks, curves, finished_rate, paired_bootstrap, pot_curves,
                             problem_values, unparsed_counts)
 from pot.records import RecordsFile, read_records
@@ -87,18 +88,26 @@ class EvalConfig:
 
 
 def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
-                   model_name: str = "model", num_parameters: int | None = None) -> dict:
+                   model_name: str = "model", num_parameters: int | None = None, source: dict | None = None) -> dict:
     """Sample, score and record every problem of ``task`` (resuming ``out_dir/records.jsonl``); write results.json.
 
     ``model`` is a transformers model, or a ``vllm.LLM`` with ``eval_cfg.backend == "vllm"`` (then pass
-    ``num_parameters``, which FLOPs need; by default it is counted from ``model.parameters()``).
+    ``num_parameters``, which FLOPs need; by default it is counted from ``model.parameters()``). ``source`` says what
+    produced the samples beyond the sampling settings (content hashes of the model and adapter, dtype, task options,
+    data directory; see ``recipes.provenance``); records are resumed only when it, the rendered prompts, the gold
+    answers and the library versions all match.
     """
+    from recipes.provenance import library_versions, prompts_sha256
+    from recipes.run_dir import claim
+
     if not task.problems:
         raise ValueError(f"task {task.name!r} has no problems")
     out = Path(out_dir)
-    sampling = eval_cfg.sampling()
+    claim(out, "eval", "evaluation directory")
     identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
-                "problem_ids": [p.id for p in task.problems]}
+                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_sha256(task, tokenizer),
+                "source": source or {}, "versions": library_versions(),
+                "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
     identity["pot"] = "pot" in eval_cfg.strategies
     records = RecordsFile(out / "records.jsonl", identity)
@@ -127,7 +136,7 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
         results["curves"].update(pot)
         results["unparsed"].update({name: sum(run["answer_key"] is None for r in ordered for run in r["pot"][name[4:]])
                                     for name in pot})
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out / "results.json", results)
     from recipes.plotting import plot_results
 
     plot_results([out / "results.json"], out / "accuracy_vs_k.png", x="k")
@@ -229,7 +238,11 @@ def _load_adapter(model, adapter: str):
 
 
 def run_eval(args: argparse.Namespace) -> dict:
-    from recipes.models import load_pretrained
+    from recipes import tracking
+    from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
+    from recipes.models import load_pretrained, resolve_dtype
+    from recipes.provenance import adapter_fingerprint, model_fingerprint
+    from recipes.run_dir import open_run_dir
     from recipes.tasks import load_task
 
     cfg = EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
@@ -238,32 +251,41 @@ def run_eval(args: argparse.Namespace) -> dict:
                      prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
                      pot_updates=_int_list(args.pot_updates, "--pot-updates"),
                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
+    options = task_options(args.task_option or [])
     task = load_task(args.task, split=args.split, size=args.limit, seed=args.task_seed, data_dir=args.data_dir,
-                     **task_options(args.task_option or []))
+                     **options)
     if not task.problems:
         raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
-    if cfg.backend == "vllm":
-        model, tokenizer, num_parameters = _load_vllm(args)
-    else:
-        model, tokenizer = load_pretrained(args.model, dtype=args.dtype, load_in_4bit=False)
-        if args.adapter:
-            model = _load_adapter(model, args.adapter)  # unmerged: merging into bf16 weights rounds the update away
-        model.eval()
-        num_parameters = None
-    from recipes import tracking
-    from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
-
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    name = args.model + (f"+{args.adapter}" if args.adapter else "")
-    run = tracking.start_run(LoggingConfig(), {**asdict(cfg), "model": name, "task": args.task}, args.out,
-                             f"eval {name} on {args.task}")
-    try:
-        results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
-                                 model_name=name)
-    finally:
-        tracking.finish(run)
+    source = {"model": model_fingerprint(args.model),
+              "adapter": adapter_fingerprint(args.adapter, "--adapter") if args.adapter else None,
+              "dtype": args.dtype if cfg.backend == "vllm" else str(resolve_dtype(args.dtype, _device())),
+              "task_options": options,
+              "data_dir": str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None}
+    with open_run_dir(args.out, "eval", "--out", resume=True):
+        if cfg.backend == "vllm":
+            model, tokenizer, num_parameters = _load_vllm(args)
+        else:
+            model, tokenizer = load_pretrained(args.model, dtype=args.dtype, load_in_4bit=False)
+            if args.adapter:
+                model = _load_adapter(model, args.adapter)  # unmerged: merging into bf16 weights rounds the update away
+            model.eval()
+            num_parameters = None
+        name = args.model + (f"+{args.adapter}" if args.adapter else "")
+        run = tracking.start_run(LoggingConfig(), {**asdict(cfg), "model": name, "task": args.task}, args.out,
+                                 f"eval {name} on {args.task}")
+        try:
+            results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
+                                     model_name=name, source=source)
+        finally:
+            tracking.finish(run)
     print_results_table(results)
     return results
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load_vllm(args: argparse.Namespace):

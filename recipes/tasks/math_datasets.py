@@ -22,19 +22,49 @@ SOURCES = {
 }
 
 
-def _read_rows(name: str, split: str, data_dir: str | Path | None) -> list[dict]:
+def _read_rows(name: str, split: str, data_dir: str | Path | None) -> list[tuple[str, dict]]:
+    """``(where, row)`` pairs; ``where`` names the file and line (or the Hub row) for error messages."""
     pattern, hub_id, hub_config, splits = SOURCES[name]
     if split not in splits:
         raise ValueError(f"task.split for {name} must be one of {splits}, got {split!r}")
-    if data_dir is not None:
-        path = Path(data_dir).expanduser() / pattern.format(split=split)
-        if not path.is_file():
-            raise FileNotFoundError(f"task.data_dir: {path} not found (expected {pattern.format(split=split)})")
-        with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    from datasets import load_dataset
+    if data_dir is None:
+        from datasets import load_dataset
 
-    return list(load_dataset(hub_id, hub_config, split=split))
+        return [(f"{hub_id} {split} row {i}", row)
+                for i, row in enumerate(load_dataset(hub_id, hub_config, split=split))]
+    path = Path(data_dir).expanduser() / pattern.format(split=split)
+    if not path.is_file():
+        raise FileNotFoundError(f"task.data_dir: {path} not found (expected {pattern.format(split=split)})")
+    rows = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+    return rows
+
+
+def _check_fields(name: str, where: str, row: dict) -> None:
+    """Name the file, line and field of a row that lacks what a problem needs (or holds it as a non-string)."""
+    required = [["question"], ["final", "answer"]] if name == "gsm8k" else [["problem"], ["answer"]]
+    for choices in required:
+        present = [field for field in choices if row.get(field) is not None]
+        if not present:
+            raise ValueError(f"{where}: missing field {' or '.join(repr(c) for c in choices)}")
+        for field in present:
+            if not isinstance(row[field], str):
+                raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
 
 
 def _level(row: dict) -> int | None:
@@ -53,6 +83,8 @@ def _gold(name: str, row: dict) -> str:
 
 def _solution(name: str, row: dict) -> str | None:
     if name == "gsm8k":  # "...<<48/2=24>>24 ... #### 72": drop calculator annotations, box the final answer
+        if not isinstance(row.get("answer"), str):
+            return None
         work, _, final = row["answer"].rpartition("####")
         return re.sub(r"<<[^>]*>>", "", work).strip() + f"\nThe answer is \\boxed{{{final.strip()}}}."
     return row.get("solution")
@@ -70,14 +102,16 @@ def load_math_dataset(
 ) -> Task:
     """Rows as problems; ``levels`` filters MATH/MATH-500 by difficulty; ``size`` takes a seeded random subset."""
     rows = _read_rows(name, split, data_dir)
+    for where, row in rows:
+        _check_fields(name, where, row)
     if levels is not None:
         if name == "gsm8k":
             raise ValueError("task.levels applies to math and math500 only, not gsm8k")
-        rows = [r for r in rows if _level(r) in set(levels)]
+        rows = [(where, r) for where, r in rows if _level(r) in set(levels)]
     text_field = "question" if name == "gsm8k" else "problem"
     template = prompt_template or ("{problem}" + BOXED_INSTRUCTION)
     problems = []
-    for i, row in enumerate(rows):
+    for i, (_, row) in enumerate(rows):
         gold = _gold(name, row)
         if not gold.strip():  # two MATH rows have an empty \boxed{}: nothing to check against
             continue
