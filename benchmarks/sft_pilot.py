@@ -87,7 +87,8 @@ def checkpoint_point(records_path: Path, results: dict) -> dict:
             "mixed_share": sum(0 < c < n for c in correct) / len(correct),
             "never_solved_share": sum(c == 0 for c in correct) / len(correct),
             "always_solved_share": sum(c == n for c in correct) / len(correct),
-            "generated_tokens_per_sample": point["generated_tokens"]}
+            "generated_tokens_per_sample": sum(s["num_tokens"] for r in records for s in r["samples"])
+            / (n * len(records))}
 
 
 def qualifies(rows: list[dict]) -> bool:
@@ -125,10 +126,11 @@ def run_candidate(candidate: dict, entry: dict, baseline: dict, args, pilot_root
     for step in range(args.every, args.max_steps + 1, args.every):
         model = PeftModel.from_pretrained(base, str(out / "train" / f"checkpoint-{step}")).eval()
         eval_dir = out / f"eval-step-{step}"
-        load, began = os.getloadavg()[0], time.perf_counter()
+        load, began, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
         results = evaluate_model(model, tokenizer, task, eval_cfg, eval_dir, model_name=f"{candidate['name']} {step}")
         row = {"step": step, **checkpoint_point(eval_dir / "records.jsonl", results),
-               "eval_wall_s": time.perf_counter() - began, "load_average_1min_before": load}
+               "eval_wall_s": time.perf_counter() - began, "eval_cpu_s": time.process_time() - cpu,
+               "load_average_1min_before": load}
         entry["checkpoints"].append(row)
         save()
         print(f"{candidate['name']} step {step}: pass@1 {row['pass@1']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
