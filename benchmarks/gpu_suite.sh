@@ -73,7 +73,9 @@ summary="$work/summary.txt"
     "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   "$PY" -c "import torch, transformers as t; print('torch', torch.__version__, 'transformers', t.__version__,
     'cuda', torch.cuda.is_available())" 2>&1
-  if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  fi
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
 } >"$summary"
 

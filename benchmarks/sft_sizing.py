@@ -14,7 +14,7 @@ Measures, on this machine and with the recipes of ``DIR``:
 Then prices every experiment in ``--grid`` (steps S, checkpoints C, samples n) for A arms × R seeds on P held-out
 problems, on ``--cores`` cores:
 
-    cost = A·R·(S·t_step + C·P·n·t_sample) + R·P·n·t_sample_base + R·(3·A·C + 1)·P·t_curves(n)   [CPU seconds]
+    cost = A·R·(S·t_step + C·P·n·t_sample) + R·P·n·t_sample_base + R·(3·A·C + 1)·P·t_curves(n)     [CPU s]
     wall = cost / cores
 
 with t_sample at the best ``prompts_per_batch``, measured at one n and applied to every n of the grid (measured at
@@ -108,7 +108,8 @@ def measure_scoring(records_path: Path, eval_cfg, n: int) -> dict:
     ks = [2**i for i in range(n.bit_length()) if 2**i <= n]
     began = time.process_time()
     curves(records, [s for s in eval_cfg.strategies if s != "pot"], ks, eval_cfg.scorer, 1, eval_cfg.seed)
-    return {"problems": len(records), "n": n, "ks": ks, "cpu_s_per_problem": (time.process_time() - began) / len(records)}
+    seconds = time.process_time() - began
+    return {"problems": len(records), "n": n, "ks": ks, "cpu_s_per_problem": seconds / len(records)}
 
 
 def price(unit: dict, arms: int, seeds: int, problems: int, cores: int, steps: int, checkpoints: int, n: int) -> dict:
@@ -175,8 +176,7 @@ def main() -> None:
     arm_names = sorted(p.stem for p in directory.glob("*.yaml"))
     baseline = load_recipe(directory / "baseline.yaml")
     if args.n is not None:
-        baseline = replace(baseline, eval=replace(baseline.eval, n=args.n, ks=[k for k in baseline.eval.ks if k <= args.n]
-                                                  + ([args.n] if args.n not in baseline.eval.ks else [])))
+        baseline = replace(baseline, eval=replace(baseline.eval, n=args.n, ks=[1]))  # timing samples only
     work = Path("outputs/experiments") / f"{directory.name}-sizing"
     results = Path(args.results or Path("results") / directory.name)
     if args.reuse:
