@@ -55,6 +55,28 @@ def test_test_one_in_sets_the_held_out_share_and_keeps_splits_disjoint():
         load_task("arithmetic", split="test", size=210, max_operand=19, test_one_in=2)
 
 
+def test_max_operands_bounds_each_position_and_enumerates_every_product():
+    # one-digit times two-digit: 10 x 100 = 1000 expressions, 229 of them held out at 1 in 4
+    every = {f"{a} * {b}" for a in range(10) for b in range(100)}
+    held_out = {f"{a} * {b}" for a in range(10) for b in range(100) if split_of(f"{a} * {b}", 4) == "test"}
+    options = {"operators": "*", "max_operands": [9, 99], "test_one_in": 4}
+    test = load_task("arithmetic", split="test", size=len(held_out), seed=2, **options)
+    train = load_task("arithmetic", split="train", size=len(every - held_out), seed=2, **options)
+    expression = lambda p: p.prompt.removeprefix("What is ").removesuffix("? Answer with just the number.")
+    assert {expression(p) for p in test.problems} == held_out
+    assert {expression(p) for p in train.problems} == every - held_out
+    for p in test.problems + train.problems:
+        a, b = (int(x) for x in expression(p).split(" * "))
+        assert p.answer == str(a * b)
+
+
+def test_system_prompt_replaces_the_default_system_turn():
+    task = load_task("arithmetic", split="test", size=2, system_prompt="Answer with just the number.")
+    assert task.messages(task.problems[0]) == [{"role": "system", "content": "Answer with just the number."},
+                                               {"role": "user", "content": task.problems[0].prompt}]
+    assert load_task("arithmetic", split="test", size=2).messages(task.problems[0])[0]["role"] == "user"
+
+
 def test_arithmetic_verifier_and_answer_keys():
     task = load_task("arithmetic", split="test", size=3, digits=1)
     problem = task.problems[0]
@@ -86,6 +108,12 @@ def test_math_datasets_from_local_jsonl(shared_data_dir):
         ({"name": "arithmetic", "size": 500, "digits": 1}, ValueError, r"task.size=500 exceeds the 80 distinct"),
         ({"name": "arithmetic", "max_operand": 0}, ValueError, r"task.max_operand must be an int in \[1, 10\*\*18\), got 0"),
         ({"name": "arithmetic", "test_one_in": 1}, ValueError, r"task.test_one_in must be an int >= 2, got 1"),
+        ({"name": "arithmetic", "max_operands": [9]}, ValueError,
+         r"task.max_operands must be a list of 2 positive ints .* got \[9\]"),
+        ({"name": "arithmetic", "max_operands": [9, 0]}, ValueError, r"task.max_operands .* got \[9, 0\]"),
+        ({"name": "arithmetic", "max_operands": [9, 9], "max_operand": 9}, ValueError,
+         r"task.max_operands replaces task.max_operand"),
+        ({"name": "arithmetic", "system_prompt": 3}, ValueError, r"task.system_prompt must be a string, got 3"),
         ({"name": "gsm8k", "split": "test", "data_dir": "/nonexistent"}, FileNotFoundError, r"task.data_dir: .*gsm8k/test.jsonl"),
         ({"name": "math500", "split": "train", "data_dir": "/tmp"}, ValueError, r"task.split for math500 .* got 'train'"),
         ({"name": "gsm8k", "split": "test", "digits": 2}, ValueError, r"unknown option\(s\) for task 'gsm8k'"),

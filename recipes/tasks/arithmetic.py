@@ -42,13 +42,18 @@ def load_arithmetic(
     terms: int = DEFAULTS["terms"],
     operators: str = DEFAULTS["operators"],
     max_operand: int | None = None,
+    max_operands: list[int] | None = None,
     test_one_in: int = DEFAULTS["test_one_in"],
+    system_prompt: str | None = None,
 ) -> Task:
     """``size`` problems (default 200) with ``terms`` operands in [0, max_operand] joined by ``operators``.
 
     ``max_operand`` defaults to the largest ``digits``-digit number; setting it gives difficulties between whole
     digit counts (and problem sets large enough for a held-out split of hundreds of problems). ``test_one_in`` sets
     the held-out share: 2 puts half of all expressions in ``test`` (the same value must be used for both splits).
+    ``max_operands`` bounds each operand position on its own (one entry per term, e.g. ``[9, 99]`` for one-digit
+    times two-digit products) and replaces ``max_operand``. ``system_prompt`` replaces the chat template's default
+    system turn (SmolLM2's is 16 tokens, a third of a short prompt: shorter prompts train and prefill faster).
     """
     if split not in SPLITS:
         raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
@@ -61,10 +66,13 @@ def load_arithmetic(
     if isinstance(test_one_in, bool) or not isinstance(test_one_in, int) or test_one_in < 2:
         raise ValueError(f"task.test_one_in must be an int >= 2, got {test_one_in!r}")
     largest = 10**digits - 1 if max_operand is None else max_operand
+    bounds = _operand_bounds(max_operands, max_operand, terms) if max_operands is not None else [largest] * terms
     if terms < 2:
         raise ValueError(f"task.terms must be >= 2, got {terms!r}")
     if not operators or set(operators) - set(OPERATORS):
         raise ValueError(f"task.operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise ValueError(f"task.system_prompt must be a string, got {system_prompt!r}")
     size = 200 if size is None else size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"task.size must be a positive int, got {size!r}")
@@ -76,7 +84,7 @@ def load_arithmetic(
     for _attempt in range(100 * size + 10_000):
         if len(problems) == size:
             break
-        operands = [rng.randrange(largest + 1) for _ in range(terms)]
+        operands = [rng.randrange(bound + 1) for bound in bounds]
         ops = [rng.choice(ops_alphabet) for _ in range(terms - 1)]
         expression = " ".join(f"{x} {o}" for x, o in zip(operands, ops)) + f" {operands[-1]}"
         if expression in seen or split_of(expression, test_one_in) != split:
@@ -92,7 +100,19 @@ def load_arithmetic(
     if len(problems) < size:
         raise ValueError(
             f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
-            f"terms={terms}, max_operand={largest}, test_one_in={test_one_in}; raise task.digits, task.max_operand "
-            "or task.terms"
+            f"terms={terms}, max_operand{'s' if max_operands is not None else ''}="
+            f"{bounds if max_operands is not None else largest}, test_one_in={test_one_in}; raise task.digits, "
+            "task.max_operand or task.terms"
         )
-    return Task("arithmetic", problems, answer_alone=True)  # the prompt asks for just the number
+    return Task("arithmetic", problems, system_prompt=system_prompt, answer_alone=True)  # the prompt asks for just the number
+
+
+def _operand_bounds(max_operands, max_operand, terms) -> list[int]:
+    if max_operand is not None:
+        raise ValueError(f"task.max_operands replaces task.max_operand; set one of them, got both "
+                         f"(max_operand={max_operand!r}, max_operands={max_operands!r})")
+    if (not isinstance(max_operands, list) or len(max_operands) != terms
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in max_operands)):
+        raise ValueError(f"task.max_operands must be a list of {terms} positive ints (one per term, task.terms="
+                         f"{terms}), got {max_operands!r}")
+    return list(max_operands)
