@@ -157,12 +157,12 @@ def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
 
 def test_dynamic_majority_clusters_a_group_by_the_verifiers_equivalence(tmp_path):
     from recipes.models import load_pretrained
-    from recipes.train import build_trainer, load_train_task
+    from recipes.train import build_trainer, check_recipe
 
     recipe = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"), "logging": {"mode": "disabled"},
                                "train": {**TINY_RECIPE["train"], "cat_strategy": "majority", "cat_k": "dynamic"}})
     model, tokenizer = load_pretrained("tiny-llama")
-    trainer = build_trainer(recipe, model, tokenizer, load_train_task(recipe), callbacks=[])
+    trainer = build_trainer(recipe, model, tokenizer, check_recipe(recipe))
     group = [[{"role": "assistant", "content": text}] for text in
              ("\\boxed{\\frac{1}{2}}", "so it is 0.5", "\\boxed{1/3}", "nothing")]
     keys = trainer.answer_keys_fn(group)
