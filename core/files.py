@@ -43,6 +43,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Delete the temporary files a killed ``atomic_write_*`` of ``path`` left behind; returns how many.
+
+    Call it only while holding the lock of the directory, so that no live writer's temporary file is taken.
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for temporary in stale:
+        temporary.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

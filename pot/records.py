@@ -16,15 +16,18 @@ import json
 import os
 from pathlib import Path
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, remove_stale_temporaries
 
 
 class RecordsFile:
     """Append-only records for one configuration; ``done`` maps problem id → record."""
 
     def __init__(self, path: str | Path, config: dict):
+        """Open (resume) or create ``path``; the caller holds the directory's lock (``evaluate_model`` does), so a
+        temporary file left by a killed rewrite is stale and removed."""
         self.path, self.config = Path(path), json.loads(json.dumps(config))
         self.done: dict[str, dict] = {}
+        remove_stale_temporaries(self.path)
         if self.path.exists() and self.path.stat().st_size > 0:
             self._load()
         else:

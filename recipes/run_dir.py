@@ -27,7 +27,7 @@ MARKER_FILE = ".catpot-run"
 KINDS = ("train", "eval", "experiment")
 BOOKKEEPING = frozenset({MARKER_FILE, LOCK_FILE})  # what a start that failed before the run began may leave
 # What an older catpot's run directory (without a marker) holds, by kind.
-LEGACY_SIGNS = {"train": ("recipe.yaml", "checkpoint-*", "final"), "eval": ("records.jsonl",),
+LEGACY_SIGNS = {"train": ("recipe.yaml",), "eval": ("records.jsonl",),
                 "experiment": ("comparisons.json", "*.records.jsonl.gz")}
 
 

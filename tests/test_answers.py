@@ -1,6 +1,8 @@
 """Answer extraction and equivalence, including every MATH-500 solution against its own answer."""
 
 import json
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -47,7 +49,7 @@ def test_answer_keys_are_canonical():
     "pred, gold, equal",
     [
         ("7", "7", True),
-        ("7.00001", "7", True),
+        ("7.00001", "7", False),  # different numbers, however close
         ("7.01", "7", False),
         ("0.5", r"\frac{1}{2}", True),
         (r"2\sqrt{2}", r"\sqrt{8}", True),
@@ -105,24 +107,71 @@ def test_equivalence_of_written_numbers(pred, gold, equal):
     [r"18\text{ dollars}", "18"],
     [r"\$1,200", "1200", "1,200"],
 ])
-def test_equivalent_answers_share_one_cluster_keyed_by_the_first(forms):
+def test_equivalent_answers_share_one_cluster_whatever_their_order(forms):
     keys = cluster_keys([*forms, None, "12345"])
-    assert keys[: len(forms)] == [answer_key(forms[0])] * len(forms)
+    assert len(set(keys[: len(forms)])) == 1 and keys[0] in {answer_key(f) for f in forms}
     assert keys[len(forms)] is None and keys[-1] == "12345"
-    assert cluster_keys(forms[::-1]) == [answer_key(forms[-1])] * len(forms)
+    assert cluster_keys(forms[::-1]) == keys[: len(forms)]
     assert answer_key(r"\$1,200") == "1200"
 
 
-def _written(value: int, form: int) -> str:
-    return [str(value), f"{value:,}", rf"\${value:,}", rf"{value}\%", rf"{value}\text{{ apples}}",
-            rf"\frac{{{2 * value}}}{{2}}", f"x = {value}"][form]
+def _written(value: Fraction, form: int) -> str:
+    """``value`` (a decimal with at most 3 places) in one of the ways a completion or a gold answer writes it."""
+    decimal = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    whole = value.denominator == 1
+    forms = [decimal, f"{decimal}0" if not whole else f"{decimal}.0", rf"\${decimal}", rf"{decimal}\%",
+             rf"{decimal}\text{{ apples}}", rf"\frac{{{2 * value.numerator}}}{{{2 * value.denominator}}}",
+             f"x = {decimal}"]
+    if whole:
+        forms.append(f"{int(value):,}")
+    return forms[form % len(forms)]
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(-3000, 3000), st.integers(-3000, 3000), st.integers(0, 6), st.integers(0, 6))
+_numbers = st.builds(lambda units, places: Fraction(units, 10**places), st.integers(-10**9, 10**9),
+                     st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(_numbers, _numbers, st.integers(0, 7), st.integers(0, 7))
 def test_different_numbers_never_cluster_and_equal_ones_always_do(a, b, form_a, form_b):
     keys = cluster_keys([_written(a, form_a), _written(b, form_b)])
     assert (keys[0] == keys[1]) is (a == b)
+    assert answers_equivalent(_written(a, form_a), _written(b, form_b)) is (a == b)
+
+
+def test_neighbouring_large_integers_and_tiny_decimals_stay_apart():
+    assert not answers_equivalent("100010", "100000") and not answers_equivalent("1234600", "1234567")
+    assert not answers_equivalent("0.0002", "0.0001") and not answers_equivalent("0.00009", "0.00001")
+    assert cluster_keys(["0.0001", "0", "0.0002", "10000", "10001"]) == ["0.0001", "0", "0.0002", "10000", "10001"]
+    assert answer_key("1e-7") != answer_key("3e-7")
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    ("1 2", "12", False), ("12 345", "12345", False),  # two numbers, not one
+    ("1e5", "100000", True), ("2.5e-3", "0.0025", True),
+    ("0.3333", r"\frac{1}{3}", False), (r"\frac{2}{6}", r"\frac{1}{3}", True),  # rationals compare exactly
+    ("1.414", r"\sqrt{2}", True), ("1.41", r"\sqrt{2}", True), ("1.42", r"\sqrt{2}", False), ("1", r"\sqrt{2}", False),
+    ("3.1416", r"\pi", True), ("3.1415", r"\pi", False),  # an irrational: rounded at the digits written
+    (r"\frac{2000000000}{2}", "999999999", False),
+])
+def test_numbers_written_with_spaces_exponents_and_approximations(pred, gold, equal):
+    assert answers_equivalent(pred, gold) is equal
+    assert answers_equivalent(gold, pred) is equal  # the relation is symmetric
+
+
+def test_spaced_digits_are_neither_a_strict_answer_nor_the_key_of_the_joined_number():
+    assert extract_answer("7 7", strict=True, answer_alone=True) is None
+    assert cluster_keys(["1 2", "12", "1, 2"]) == ["1,2", "12", "1,2"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(["100000", "100010", r"\frac{1}{2}", "0.5", "x = 0.5", r"\sqrt{2}", "1.414", "1.4142", "7",
+                        "7.0", None, r"\$7"]))
+def test_clusters_do_not_depend_on_the_order_of_the_pool(pool):
+    reference = ["100000", "100010", r"\frac{1}{2}", "0.5", "x = 0.5", r"\sqrt{2}", "1.414", "1.4142", "7", "7.0",
+                 None, r"\$7"]
+    expected = dict(zip(reference, cluster_keys(reference)))
+    assert cluster_keys(pool) == [expected[answer] for answer in pool]
 
 
 def test_clustering_checks_each_new_answer_once_per_cluster(monkeypatch):
@@ -175,7 +224,7 @@ def test_strict_mode_on_a_task():
 def test_task_answer_keys_cluster_one_pool():
     task = Task("math", [])
     texts = [r"\boxed{\frac{1}{2}}", "it is 0.5", r"\boxed{x=2}", "so 2", "no number", r"\boxed{7}"]
-    assert task.answer_keys(texts) == [r"\frac{1}{2}", r"\frac{1}{2}", "x=2", "x=2", None, "7"]
+    assert task.answer_keys(texts) == ["0.5", "0.5", "2", "2", None, "7"]  # each cluster's first key in sorted order
     assert task.answer_keys(texts, strict=True, finished=[True, True, True, True, True, False]) == [
         r"\frac{1}{2}", None, "x=2", None, None, None]
     assert task.answer_key("it is 0.5") == "0.5"  # one completion: its own canonical key

@@ -216,16 +216,21 @@ def test_kill_during_a_records_rewrite_keeps_every_record(tmp_path):
     path.write_text(clean + '{"id": "p10000", "samp')  # the torn last line of a killed evaluation
     code = "import json, sys\nfrom pot.records import RecordsFile\nRecordsFile(sys.argv[1], json.loads(sys.argv[2]))"
     process = subprocess.Popen([sys.executable, "-c", code, str(path), json.dumps(config)], env=ENV)
-    deadline = time.monotonic() + 120
+    deadline, killed = time.monotonic() + 120, False
     while process.poll() is None and time.monotonic() < deadline:
-        if path.stat().st_size < len(clean):  # a truncating rewrite has begun: kill it mid-write
+        # the rewrite has begun: in place (the file shrinks) or into a temporary file beside it; kill it mid-write
+        if path.stat().st_size < len(clean) or any(tmp_path.glob(".records.jsonl.*.tmp")):
             process.send_signal(signal.SIGKILL)
+            killed = True
             break
+        time.sleep(0.001)
     process.wait()
+    assert killed, "the rewrite finished before it could be killed"
     _, kept = read_records(path)
     assert len(kept) == 10_000
     assert RecordsFile(path, config).done.keys() == {r["id"] for r in records}
     assert path.read_text() == clean
+    assert not list(tmp_path.glob(".records.jsonl.*.tmp"))  # the killed rewrite's temporary file is cleaned up
 
 
 def _disk_full(imports: str, action: str, limit: int) -> subprocess.CompletedProcess:
@@ -553,3 +558,15 @@ def test_cache_check_finds_truncated_missing_and_garbage_files(tmp_path):
     (target / COMPLETE_MARKER).unlink()
     assert cache_problem(target) == "no completion marker"
 
+
+
+def test_a_directory_with_only_a_final_folder_is_not_taken_for_an_older_training_run(tmp_path):
+    from recipes.run_dir import check_kind, kind_of
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "notes.txt").write_text("mine")
+    assert kind_of(tmp_path) is None
+    with pytest.raises(FileExistsError, match="did not write"):
+        check_kind(tmp_path, "train", "output_dir")
+    (tmp_path / "recipe.yaml").write_text("seed: 0\n")  # what every older catpot training run wrote first
+    assert kind_of(tmp_path) == "train"

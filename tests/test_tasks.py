@@ -126,3 +126,12 @@ def test_bad_task_input(kwargs, error, match):
 
 def test_registry():
     assert set(TASKS) == {"arithmetic", "gsm8k", "math", "math500"}
+
+
+def test_every_keyword_option_of_the_arithmetic_loader_is_a_valid_task_option():
+    import inspect
+
+    from recipes.tasks.arithmetic import OPTIONS, load_arithmetic
+
+    keywords = set(inspect.signature(load_arithmetic).parameters) - {"split", "size", "seed", "prompt_template"}
+    assert keywords == set(OPTIONS)

@@ -7,12 +7,14 @@ explicit final-answer statement ("The answer is X", "The final answer is X", "Fi
 where the prompt asks for the answer alone, a completion that is nothing but a number; no fallback to the last
 number, and a completion cut off at the token limit has no answer.
 
-Equivalence: answers that denote real numbers — plain numbers (thousands commas, ``\\$``, ``%``/``\\%`` and a
-trailing ``\\text{unit}`` allowed: "18\\%" is 18, as GSM8K writes percentages) or constant expressions such as
-``\\frac{1}{2}`` or ``2\\sqrt{2}`` — compare within a 1e−4 relative tolerance and never go further; anything else
-(equations, sets, intervals, expressions in x, text) by its normalised string, then math-verify. The *answer key*
-is a canonical string of an extracted answer; ``cluster_keys`` merges the keys of one pool's answers that are
-equivalent, so that a majority vote counts ``\\frac{1}{2}`` and ``0.5`` (or ``x=2`` and ``2``) as one answer.
+Equivalence: answers that denote real numbers are compared as numbers and never go further. Two plain numbers
+(thousands commas, ``\\$``, ``%``/``\\%`` and a trailing ``\\text{unit}`` allowed: "18\\%" is 18, as GSM8K writes
+percentages; ``1e5`` notation too) are equal only when their exact values are, and so are rational constant
+expressions (``\\frac{1}{2}`` is 0.5, never 0.50001); a written decimal stands for an irrational constant such as
+``2\\sqrt{2}`` when the constant rounds to it at the digits written (``_numbers_equal``). Anything else (equations, sets, intervals, expressions in x, text)
+by its normalised string, then math-verify. The *answer key* is a canonical string of an extracted answer;
+``cluster_keys`` merges the keys of one pool's answers that are equivalent, so that a majority vote counts
+``\\frac{1}{2}`` and ``0.5`` (or ``x=2`` and ``2``) as one answer.
 """
 
 from __future__ import annotations
@@ -23,14 +25,19 @@ import math
 import re
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
 
 import sympy
 from math_verify import parse, verify
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-NUMERIC_TOLERANCE = 1e-4
+MIN_APPROXIMATION_DIGITS = 3  # a decimal stands for an irrational constant only with this many significant digits
 _LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|\\displaystyle|\$|\\text\{\s*\}|\s+")
-_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")  # commas only as thousands
+_PLAIN_NUMBER = re.compile(  # commas only as thousands separators; an exponent as programming languages write it
+    r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+_SPACED_DIGITS = re.compile(r"\d\s+[-+]?\.?\d")  # "1 2" is two numbers, never 12
+_SPACED_DIGITS_GAP = re.compile(r"(?<=\d)\s+(?=[-+]?\.?\d)")
 _UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")  # "18\text{ dollars}", "5.4 \text{ cents}"
 _FINAL_STATEMENT = re.compile(r"####|\b(?:final answer|the answer)\b\s*(?:is\b|:|=)", re.IGNORECASE)
 _LEADING_NUMBER = re.compile(r"(?:\\?\$\s*)?(" + NUMBER.pattern + r")(?=\s+[A-Za-z]{2,}|\s*$)")
@@ -108,27 +115,39 @@ def extract_answer(text: str, *, strict: bool = False, answer_alone: bool = Fals
     return None
 
 
-def as_number(answer: str) -> float | None:
-    """``answer`` as a float if it is a plain number, else None.
+def exact_number(answer: str) -> Fraction | None:
+    """The exact value of ``answer`` if it is a plain number, else None.
 
     Allowed around the digits: thousands commas (1,200 but not 1,2, which is a pair), a leading ``$`` or ``\\$``,
     a trailing ``.``, ``%`` or ``\\%`` (the number of percent: "18\\%" is 18) and a trailing ``\\text{unit}``.
+    Digits separated by white space ("1 2") are not one number.
     """
+    if _SPACED_DIGITS.search(answer):
+        return None
     cleaned = _LATEX_NOISE.sub("", answer.replace("\\$", "").replace("\\%", "%"))
     cleaned = _UNIT.sub("", cleaned).rstrip(".,").removesuffix("%")
     if not _PLAIN_NUMBER.fullmatch(cleaned):
         return None
-    return float(cleaned.replace(",", ""))
+    return Fraction(Decimal(cleaned.replace(",", "")))
+
+
+def as_number(answer: str) -> float | None:
+    """``exact_number`` as a float."""
+    number = exact_number(answer)
+    return None if number is None else float(number)
 
 
 def answer_key(answer: str | None) -> str | None:
     """Canonical key of one answer: numbers as their shortest exact form ("3.0" → "3", "\\$1,200" → "1200")."""
     if answer is None:
         return None
-    number = as_number(answer)
+    number = exact_number(answer)
     if number is not None:
-        return str(int(number)) if number.is_integer() else repr(round(number, 6))
-    key = _LATEX_NOISE.sub("", answer).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+        if number.denominator == 1:
+            return str(number.numerator)
+        return format(Decimal(number.numerator) / Decimal(number.denominator), "f")  # exact: a decimal's value
+    separated = _SPACED_DIGITS_GAP.sub(",", answer)  # "1 2" lists two numbers, like "1, 2": never the key of 12
+    key = _LATEX_NOISE.sub("", separated).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     return key or None
 
 
@@ -143,17 +162,23 @@ def _parsed(expression: str, timeout: int | None):
 
 
 @functools.lru_cache(maxsize=65536)
-def _constant(expression: str, timeout: int | None) -> float | None:
-    """The real number a constant expression (``\\frac{1}{2}``, ``2\\sqrt{2}``, ``7\\pi``) evaluates to, else None."""
+def _constant(expression: str, timeout: int | None) -> Fraction | Decimal | None:
+    """The real number a constant expression denotes: exactly (a Fraction) when it is rational (``\\frac{1}{2}``,
+    ``\\sqrt{4}``), else to 40 significant digits (a Decimal: ``2\\sqrt{2}``, ``7\\pi``); None for anything else."""
     try:
         parsed = _parsed(expression, timeout)
         expr = parsed[0] if parsed else None
-        if not isinstance(expr, sympy.Expr) or not expr.is_number:
+        if not isinstance(expr, sympy.Expr) or not expr.is_number or expr.is_real is False:
             return None
-        value = complex(expr.evalf())
+        expr = sympy.nsimplify(expr) if expr.is_Float else sympy.simplify(expr)
+        if expr.is_Rational:
+            return Fraction(int(expr.p), int(expr.q))
+        value = expr.evalf(40)
+        if not value.is_real or not value.is_finite:
+            return None
+        return Decimal(str(value))
     except Exception:  # noqa: BLE001  (sympy cannot evaluate it: not a plain constant)
         return None
-    return value.real if value.imag == 0 and math.isfinite(value.real) else None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -169,12 +194,49 @@ def _never_a_number(expression: str, timeout: int | None) -> bool:
     return isinstance(expr, (sympy.Interval, sympy.Union))
 
 
-def real_value(answer: str) -> float | None:
-    """The real number ``answer`` denotes: a plain number (``as_number``), else a constant expression, else None."""
-    number = as_number(answer)
-    return number if number is not None else _constant(answer, _timeout())
+def _numbers_equal(pred: str, gold: str) -> bool | None:
+    """Whether two answers that both denote real numbers are equal; None when one of them does not denote one.
+
+    Rational values (plain decimals, ``\\frac{a}{b}``) compare exactly. A written decimal d approximates an
+    irrational constant c when c rounded to d's written decimal places is d and d has at least
+    ``MIN_APPROXIMATION_DIGITS`` significant digits (1.41 and 1.414 for √2, not 1); two irrational constants are
+    equal when they agree to 30 significant digits. A rational never equals an irrational.
+    """
+    timeout = _timeout()
+    values = []
+    for answer in (pred, gold):
+        exact = exact_number(answer)
+        values.append((exact, _decimal_places(answer)) if exact is not None else (_constant(answer, timeout), None))
+    (a, places_a), (b, places_b) = values
+    if a is None or b is None:
+        return None
+    if isinstance(a, Fraction) and isinstance(b, Fraction):
+        return a == b
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return abs(a - b) <= abs(b) * Decimal("1e-30")
+    (written, places), constant = ((a, places_a), b) if isinstance(a, Fraction) else ((b, places_b), a)
+    if places is None or _significant_digits(written) < MIN_APPROXIMATION_DIGITS:
+        return False  # a rational constant (\frac13) is never an irrational one
+    quantum = Decimal(1).scaleb(-places)
+    return constant.quantize(quantum) == Decimal(written.numerator) / Decimal(written.denominator)
 
 
+def _decimal_places(answer: str) -> int:
+    """Digits written after the decimal point of a plain number (``exact_number`` must accept ``answer``)."""
+    match = re.search(r"\.(\d+)", answer)
+    return len(match.group(1)) if match else 0
+
+
+def _significant_digits(value: Fraction) -> int:
+    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f").replace("-", "").replace(".", "")
+    return len(text.lstrip("0"))
+
+
+def denotes_number(answer: str) -> bool:
+    return exact_number(answer) is not None or _constant(answer, _timeout()) is not None
+
+
+@functools.lru_cache(maxsize=65536)
 def _math_verify_equal(pred: str, gold: str) -> bool:
     timeout = _timeout()
     gold_parsed, pred_parsed = _parsed(gold, timeout), _parsed(pred, timeout)
@@ -184,22 +246,22 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
 
 
 def answers_equivalent(pred: str | None, gold: str) -> bool:
-    """True when the extracted prediction denotes the gold answer.
+    """True when the extracted prediction denotes the gold answer (a symmetric relation).
 
-    Two answers that denote real numbers (``real_value``) are equal within ``NUMERIC_TOLERANCE`` relative and are
-    never passed to math-verify (whose leniency, e.g. 18% equal to both 18 and 0.18, would merge different numbers);
-    a real number never equals an expression in free symbols or an interval; otherwise equal canonical keys, else
-    math-verify.
+    Two answers that denote real numbers are compared by ``_numbers_equal`` and are never passed to math-verify
+    (whose leniency, e.g. 18% equal to both 18 and 0.18, would merge different numbers); a real number never equals
+    an expression in free symbols or an interval; otherwise equal canonical keys, else math-verify.
     """
     if pred is None:
         return False
     key = answer_key(pred)
     if key is None:  # only LaTeX noise: nothing was answered (and it must not match an equally empty gold)
         return False
-    a, b = real_value(pred), real_value(gold)
-    if a is not None and b is not None:
-        return abs(a - b) <= NUMERIC_TOLERANCE * max(1.0, abs(b))
-    if (a is None) != (b is None) and _never_a_number(pred if a is None else gold, _timeout()):
+    numeric = _numbers_equal(pred, gold)
+    if numeric is not None:
+        return numeric
+    pred_number, gold_number = denotes_number(pred), denotes_number(gold)
+    if pred_number != gold_number and _never_a_number(gold if pred_number else pred, _timeout()):
         return False
     if key == answer_key(gold):
         return True
@@ -212,24 +274,23 @@ def answers_equivalent(pred: str | None, gold: str) -> bool:
 def cluster_keys(answers: Sequence[str | None]) -> list[str | None]:
     """Answer keys of one pool (a problem's samples, a GRPO group) with equivalent answers merged.
 
-    Each answer joins the first earlier cluster whose first answer it is equivalent to (``answers_equivalent``,
-    the relation the correctness check uses, with that first answer as the reference), else opens a new cluster;
-    every member gets the canonical ``answer_key`` of its cluster's first answer. Equal canonical keys share a
-    cluster without a check, and each pair of distinct keys is checked at most once, so a pool costs at most one
-    math-verify call per (distinct answer, cluster) pair. None (unparsed) stays None.
+    The distinct canonical keys of the pool are taken in sorted order; each joins the first cluster whose
+    representative (its first key in that order) it is equivalent to (``answers_equivalent``, the relation the
+    correctness check uses), else opens a new cluster; every member gets its cluster's representative key. The
+    result depends only on the set of answers, not on their order in the pool, and each pair of distinct keys is
+    checked at most once. None (unparsed) stays None.
     """
-    cluster_of_key: dict[str, int] = {}  # canonical key -> cluster index
-    clusters: list[tuple[str, str]] = []  # (first answer, its canonical key)
-    keys: list[str | None] = []
-    for answer in answers:
-        key = answer_key(answer)
-        if key is None:
-            keys.append(None)
-            continue
-        if key not in cluster_of_key:
-            cluster_of_key[key] = next(
-                (j for j, (first, _) in enumerate(clusters) if answers_equivalent(answer, first)), len(clusters))
-            if cluster_of_key[key] == len(clusters):
-                clusters.append((answer, key))
-        keys.append(clusters[cluster_of_key[key]][1])
-    return keys
+    keys = [answer_key(answer) for answer in answers]
+    written = {}  # canonical key -> one answer as written with that key (the first), for the equivalence check
+    for answer, key in zip(answers, keys):
+        if key is not None:
+            written.setdefault(key, answer)
+    representatives: list[str] = []
+    cluster_of: dict[str, str] = {}
+    for key in sorted(written):
+        home = next((r for r in representatives if answers_equivalent(written[key], written[r])), None)
+        if home is None:
+            representatives.append(key)
+            home = key
+        cluster_of[key] = home
+    return [None if key is None else cluster_of[key] for key in keys]

@@ -16,7 +16,7 @@ OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 SPLITS = ("train", "test")
 DEFAULT_TEMPLATE = "What is {expression}? Answer with just the number."
 DEFAULTS = {"digits": 1, "terms": 2, "operators": "+", "test_one_in": 5}
-OPTIONS = ("digits", "terms", "operators", "max_operand", "test_one_in")
+OPTIONS = ("digits", "terms", "operators", "max_operand", "max_operands", "test_one_in", "system_prompt")
 # Bounds that keep a problem a line of text a small model can read and the answer an exact Python int.
 MAX_DIGITS, MAX_TERMS = 18, 16
 
