@@ -134,10 +134,17 @@ class EvalSection(EvalConfig):
 
 @dataclass
 class LoggingConfig:
-    """``logging``: W&B. ``mode: auto`` is online with an API key and offline without one."""
+    """``logging``: W&B. ``mode: auto`` is online with an API key and offline without one.
 
-    project: str = "catpot"
+    ``project``: a value set here wins; unset (null), ``$WANDB_PROJECT`` if set, else ``catpot``. ``group`` and
+    ``job_type`` file the run in W&B (``catpot experiment`` sets the experiment and the arm when they are unset);
+    unset, W&B's own ``$WANDB_RUN_GROUP``/``$WANDB_JOB_TYPE`` apply.
+    """
+
+    project: str | None = None
     entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     run_name: str | None = None
     tags: list[str] = field(default_factory=list)

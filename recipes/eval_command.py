@@ -227,7 +227,14 @@ def run_pot(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig) -> 
 
 
 def log_to_wandb(run, results: dict, records: list[dict]) -> None:
-    """Line series per strategy (x = k, generated tokens, FLOPs) and per-point/per-problem tables; failures only warn."""
+    """The curves, as series that overlay across runs and as line-series charts, per-point/per-problem tables and
+    summary scalars; failures only warn.
+
+    Series: one row per strategy and k with the step metrics ``eval/k`` and ``eval/flops`` and the values
+    ``eval/by_k/<strategy>`` (x = ``eval/k``) and ``eval/by_flops/<strategy>`` (x = ``eval/flops``), declared with
+    ``define_metric``, so that W&B draws each run's curve against k or compute and overlays runs of a project.
+    Summary: ``eval/<strategy>@<k>`` for every point, ``eval/finished_rate`` and ``eval/unparsed_share/<strategy>``.
+    """
     try:
         _log_curves_and_table(run, results, records)
     except Exception as err:  # tracking is a side channel: results.json and the figures are already written
@@ -241,6 +248,21 @@ def _log_curves_and_table(run, results: dict, records: list[dict]) -> None:
 
     curves = results["curves"]
     names = list(curves)
+    run.define_metric("eval/k")
+    run.define_metric("eval/flops")
+    for name in names:
+        run.define_metric(f"eval/by_k/{name}", step_metric="eval/k")
+        run.define_metric(f"eval/by_flops/{name}", step_metric="eval/flops")
+    for name in names:
+        for p in curves[name]:
+            run.log({"eval/k": p["k"], "eval/flops": p["flops"], f"eval/by_k/{name}": p["value"],
+                     f"eval/by_flops/{name}": p["value"]})
+    summary = {f"eval/{name}@{p['k']}": p["value"] for name in names for p in curves[name]}
+    if "summary" in results:
+        summary["eval/finished_rate"] = results["summary"]["finished_rate"]
+        summary.update({f"eval/unparsed_share/{name}": entry["unparsed_share"]
+                        for name, entry in results["summary"]["strategies"].items()})
+    run.summary.update(summary)
     logged = {}
     for axis, key in (("k", "k"), ("generated_tokens", "generated_tokens"), ("flops", "flops")):
         logged[f"eval/accuracy_vs_{axis}"] = wandb.plot.line_series(
@@ -301,7 +323,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             model.eval()
             num_parameters = None
         name = args.model + (f"+{args.adapter}" if args.adapter else "")
-        run = tracking.start_run(LoggingConfig(), {**asdict(cfg), "model": name, "task": args.task}, args.out,
+        run = tracking.start_run(LoggingConfig(group=args.wandb_group, job_type="eval"),
+                                 {**asdict(cfg), "model": name, "task": args.task}, args.out,
                                  f"eval {name} on {args.task}")
         try:
             results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
@@ -469,6 +492,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompts-per-batch", type=int, default=4, help="prompts decoded together (each with n rows)")
     p.add_argument("--cache", default="dynamic", help="dynamic|static KV cache of the hf sampler")
     p.add_argument("--compile", action="store_true", help="torch.compile the static-cache decode step (CUDA)")
+    p.add_argument("--wandb-group", default=None, help="W&B group of the run (project: $WANDB_PROJECT or catpot)")
     p.set_defaults(func=run_eval)
     c = subparsers.add_parser("compare", help="paired bootstrap between two evaluation directories")
     c.add_argument("a")

@@ -342,12 +342,13 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
                 run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
         else:
             model, tokenizer = load_model(recipe)
+            run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
+            prepared.args.report_to = ["wandb"] if run is not None else []  # TRL's W&B logging goes into our run
             trainer = build_trainer(recipe, model, tokenizer, prepared)
+            if run is not None:
+                tracking.use_safe_callback(trainer)
             if not (out / RECIPE_FILE).is_file():  # the run starts here: from now on --resume continues it
                 atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(to_dict(recipe), sort_keys=False))
-            run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
-            if run is not None:
-                trainer.add_callback(tracking.SafeWandbCallback())
             if checkpoint:
                 print(f"resuming from {checkpoint}")
             began = time.perf_counter()
