@@ -62,10 +62,10 @@ class EvalConfig:
     prompts_per_batch: int = 4
     cache: str = "dynamic"  # "static": fixed-shape KV cache for the hf sampler (pot.sampling)
     compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
+    stop: list[str] = field(default_factory=list)  # strings that end a sample (pot.sampling), e.g. ["\n\nQuestion:"]
     pot_updates: list[int] = field(default_factory=lambda: [0, 4, 8, 16])
     pot_runs: int = 4  # PoT runs per problem and budget (best-of-k over them, k <= pot_runs)
     pot_segment_tokens: int = 128  # tokens generated between two adapter updates
-    stop: list[str] = field(default_factory=list)  # strings that end a sample (pot.sampling), e.g. ["\n\nQuestion:"]
 
     def __post_init__(self) -> None:
         self.ks = check_ks(list(self.ks), self.n)
