@@ -1,10 +1,13 @@
 """Per-problem JSONL records, written as evaluation goes, so that a killed run resumes where it stopped.
 
-Line 1: ``{"config": {...}}`` — the configuration that determines the samples (model, adapter, task, n, seed, ...).
-Then one line per finished problem: ``{"id", "prompt_tokens", "wall_time", "samples": [{"text", "num_tokens",
-"answer" (the extracted final answer as written; None = unparsed, counted as wrong), "answer_key" (its majority-vote
-cluster within the problem's samples: equivalent answers share the key of the cluster's first answer), "correct",
-"finished" (ended before the token limit), "scores": {scorer: float}}]}``.
+Line 1: ``{"config": {...}, "provenance": {...}}`` — the configuration that determines the samples (model, adapter,
+task, n, seed, ...; a resume must match it) and what else produced them (git commit, package versions, data and chat
+template hashes; recorded when the file is created, not compared).
+Then one line per finished problem: ``{"id", "prompt" (the rendered prompt sampled from), "gold" (the gold answer),
+"prompt_tokens", "wall_time", "samples": [{"text", "num_tokens", "answer" (the extracted final answer as written;
+None = unparsed, counted as wrong), "answer_key" (its majority-vote cluster within the problem's samples: equivalent
+answers share the key of the cluster's first answer), "correct", "finished" (ended before the token limit: EOS or a
+stop string), "stop" (the stop string that ended it, else None), "scores": {scorer: float}}]}``.
 Each line is flushed and fsync'ed. A kill can only tear the last line: on resume it is dropped and the file is
 rewritten atomically (temp file + rename), so the finished records survive a second kill during that rewrite. Any
 other unreadable line is an error naming the file and line, never a silent truncation.
@@ -22,7 +25,7 @@ from core.files import atomic_write_text, remove_stale_temporaries
 class RecordsFile:
     """Append-only records for one configuration; ``done`` maps problem id → record."""
 
-    def __init__(self, path: str | Path, config: dict):
+    def __init__(self, path: str | Path, config: dict, provenance: dict | None = None):
         """Open (resume) or create ``path``; the caller holds the directory's lock (``evaluate_model`` does), so a
         temporary file left by a killed rewrite is stale and removed."""
         self.path, self.config = Path(path), json.loads(json.dumps(config))
@@ -31,7 +34,8 @@ class RecordsFile:
         if self.path.exists() and self.path.stat().st_size > 0:
             self._load()
         else:
-            atomic_write_text(self.path, json.dumps({"config": self.config}) + "\n")
+            header = {"config": self.config, **({"provenance": provenance} if provenance is not None else {})}
+            atomic_write_text(self.path, json.dumps(header) + "\n")
 
     def _load(self) -> None:
         text = _read_text(self.path)

@@ -9,6 +9,12 @@ uniform per sample of that prompt (finished or not) and the token is the inverse
 ``searchsorted(cumsum(p), u)``. The draws therefore depend only on the prompt and the seed, not on which other prompts
 share the batch or which rows were already removed — removal and resumption give the same samples.
 
+Stop sequences (``stop``): a sample also ends at the first generated token that completes one of these strings, as
+transformers' ``StopStringCriteria`` decides over the generated tokens (tokens that overhang either end of the string
+count, so "\n\nQ" completes "\n\n"). Its text is cut before the stop string (vLLM's default,
+``include_stop_str_in_output=False``), its tokens keep the one that completed it (that compute was spent), and
+``Sample.stop`` records which string ended it.
+
 With ``cache="static"`` the n-fold prefill is copied into a ``transformers.StaticCache`` of fixed shape (prompt +
 ``max_new_tokens`` positions) and every decode step has the same tensor shapes, so ``compile=True`` (CUDA only) can
 run it through ``model.get_compiled_call`` (inductor, ``reduce-overhead`` CUDA graphs, as ``generate`` does) and fuse
@@ -27,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import DynamicCache, StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache, StaticCache, StopStringCriteria, TemperatureLogitsWarper, TopPLogitsWarper
 
 BACKENDS = ("hf", "vllm")
 CACHES = ("dynamic", "static")
@@ -50,6 +57,7 @@ class SamplingConfig:
     backend: str = "hf"
     cache: str = "dynamic"  # "static": fixed-shape KV cache (see the module docstring)
     compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
+    stop: tuple[str, ...] = ()  # strings that end a sample (see the module docstring)
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "prompts_per_batch"):
@@ -66,6 +74,9 @@ class SamplingConfig:
             raise ValueError(f"sampling.cache must be one of {CACHES}, got {self.cache!r}")
         if self.compile and self.cache != "static":
             raise ValueError(f"sampling.compile needs sampling.cache='static', got cache={self.cache!r}")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"sampling.stop must be a list of non-empty strings, got {self.stop!r}")
+        self.stop = tuple(self.stop)
 
 
 @dataclass
@@ -78,7 +89,17 @@ class Sample:
     logprob_mean: float
     entropy_mean: float
     self_certainty: float
-    finished: bool  # emitted EOS before max_new_tokens
+    finished: bool  # emitted EOS or completed a stop string before max_new_tokens
+    stop: str | None = None  # the stop string that ended it (None: EOS or the token limit)
+
+
+@dataclass
+class VLLMModel:
+    """A ``vllm.LLM`` and the LoRA adapter every request samples with (``vllm.lora.request.LoRARequest``; None:
+    the base model)."""
+
+    llm: Any
+    lora_request: Any = None
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
@@ -128,9 +149,16 @@ class _Picker:
         self.n = cfg.n
         self.generators = [torch.Generator(device=device).manual_seed(prompt_seed(cfg.seed, p)) for p in prompts]
         self.eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+        self.stop = StopStringCriteria(tokenizer, list(cfg.stop)) if cfg.stop else None
         self.warpers = [TemperatureLogitsWarper(cfg.temperature)] if cfg.temperature > 0 else []
         if cfg.temperature > 0 and cfg.top_p < 1:
             self.warpers.append(TopPLogitsWarper(cfg.top_p))
+
+    def stopped(self, generated: torch.Tensor) -> torch.Tensor:
+        """Rows whose last generated token completes a stop string (``generated``: each row's tokens so far)."""
+        if self.stop is None:
+            return torch.zeros(generated.shape[0], dtype=torch.bool, device=generated.device)
+        return self.stop(generated, None).to(generated.device)
 
     def uniforms(self) -> torch.Tensor:
         """One draw per row of every prompt (finished or not), so draws never depend on which rows are live."""
@@ -173,7 +201,10 @@ def _sample_batch(model, tokenizer, prompts: list[str], cfg: SamplingConfig) -> 
     tokens: list[list[int]] = [[] for _ in range(rows)]
     logp_sum, entropy_sum, certainty_sum = (torch.zeros(rows, dtype=torch.float64, device=device) for _ in range(3))
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    for _ in range(cfg.max_new_tokens):
+    # every live row has generated the same number of tokens: one (live rows, step) block holds them all
+    generated = torch.zeros(rows, cfg.max_new_tokens, dtype=torch.long, device=device) if cfg.stop else None
+    by_stop = torch.zeros(rows, dtype=torch.bool, device=device)  # ended by a stop string (not EOS)
+    for step in range(cfg.max_new_tokens):
         picked = picker.pick(logits, picker.uniforms()[live])
         record = ~done[live]
         rows_now = live[record]
@@ -184,6 +215,11 @@ def _sample_batch(model, tokenizer, prompts: list[str], cfg: SamplingConfig) -> 
         for row, token in zip(rows_now.tolist(), picked[record].tolist()):
             tokens[row].append(token)
         hit_eos = torch.isin(picked, picker.eos) & record
+        if generated is not None:
+            generated[live, step] = picked
+            hit_stop = picker.stopped(generated[live, : step + 1]) & record & ~hit_eos
+            by_stop[live[hit_stop]] = True
+            hit_eos |= hit_stop
         finished[live[hit_eos]] = True
         done[live[hit_eos]] = True
         if bool(done.all()):
@@ -195,7 +231,8 @@ def _sample_batch(model, tokenizer, prompts: list[str], cfg: SamplingConfig) -> 
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
         logits = model(input_ids=picked[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                        past_key_values=cache, use_cache=True).logits[:, -1].float()
-    return [[_make_sample(tokenizer, tokens[r], logp_sum[r], entropy_sum[r], certainty_sum[r], finished[r])
+    return [[_make_sample(tokenizer, tokens[r], logp_sum[r], entropy_sum[r], certainty_sum[r], finished[r],
+                          cfg.stop if by_stop[r] else ())
              for r in range(p * n, (p + 1) * n)] for p in range(len(prompts))]
 
 
@@ -219,44 +256,79 @@ def _sample_batch_static(model, tokenizer, prompts: list[str], cfg: SamplingConf
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
     sums = torch.zeros(3, rows, dtype=torch.float64, device=device)  # log p, entropy, self-certainty
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    by_stop = torch.zeros(rows, dtype=torch.bool, device=device)  # ended by a stop string (not EOS)
     for step in range(cfg.max_new_tokens):
         picked, statistics = pick(logits, picker.uniforms())
         active = ~done
         sums += statistics * active
         tokens[:, step] = picked
         lengths += active
-        done |= torch.isin(picked, picker.eos)
+        hit_eos = torch.isin(picked, picker.eos)
+        if picker.stop is not None:
+            hit_stop = picker.stopped(tokens[:, : step + 1]) & active & ~hit_eos
+            by_stop |= hit_stop
+            done |= hit_stop
+        done |= hit_eos
         if step + 1 == cfg.max_new_tokens or ((step + 1) % STATIC_SYNC_EVERY == 0 and bool(done.all())):
             break
         # CUDA-graph outputs are overwritten by the next replay: keep a copy
         logits = forward(input_ids=picked[:, None], attention_mask=mask, position_ids=next_position + step,
                          past_key_values=cache, use_cache=True).logits[:, -1].float().clone()
-    tokens, lengths, sums, finished = tokens.tolist(), lengths.tolist(), sums.cpu(), done.tolist()
-    return [[_make_sample(tokenizer, tokens[r][: lengths[r]], sums[0, r], sums[1, r], sums[2, r], finished[r])
+    tokens, lengths, sums = tokens.tolist(), lengths.tolist(), sums.cpu()
+    finished, by_stop = done.tolist(), by_stop.tolist()
+    return [[_make_sample(tokenizer, tokens[r][: lengths[r]], sums[0, r], sums[1, r], sums[2, r], finished[r],
+                          cfg.stop if by_stop[r] else ())
              for r in range(p * cfg.n, (p + 1) * cfg.n)] for p in range(len(prompts))]
 
 
-def _make_sample(tokenizer, ids, logp_sum, entropy_sum, certainty_sum, finished) -> Sample:
+def _make_sample(tokenizer, ids, logp_sum, entropy_sum, certainty_sum, finished, stops=()) -> Sample:
+    """``stops``: the stop strings, for a sample that one of them ended (else empty)."""
     length = max(len(ids), 1)
-    return Sample(token_ids=ids, text=tokenizer.decode(ids, skip_special_tokens=True), logprob_sum=float(logp_sum),
-                  logprob_mean=float(logp_sum) / length, entropy_mean=float(entropy_sum) / length,
-                  self_certainty=float(certainty_sum) / length, finished=bool(finished))
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    stop = None
+    if stops:
+        text, stop = cut_at_stop(text, stops)
+        if stop is None:  # completed inside a special token's text, which the decoded text leaves out
+            stop = cut_at_stop(tokenizer.decode(ids), stops)[1]
+    return Sample(token_ids=ids, text=text, logprob_sum=float(logp_sum), logprob_mean=float(logp_sum) / length,
+                  entropy_mean=float(entropy_sum) / length, self_certainty=float(certainty_sum) / length,
+                  finished=bool(finished), stop=stop)
+
+
+def cut_at_stop(text: str, stops) -> tuple[str, str | None]:
+    """``(text before the stop string, that string)`` for the stop string whose first occurrence ends first (the one
+    that ended generation); ``(text, None)`` when none occurs (the sample ended at EOS)."""
+    ends = [(text.find(s) + len(s), -len(s), s) for s in stops if s in text]
+    if not ends:
+        return text, None
+    end, _, stop = min(ends)
+    return text[: end - len(stop)], stop
 
 
 def _sample_vllm(model, prompts: list[str], cfg: SamplingConfig) -> list[list[Sample]]:
-    """vLLM backend: ``model`` is a ``vllm.LLM``; per-token entropy/self-certainty are not available there (NaN)."""
+    """vLLM backend: ``model`` is a ``vllm.LLM`` or a ``VLLMModel`` (an LLM and a LoRA adapter).
+
+    Each prompt gets its own ``SamplingParams`` seeded with ``prompt_seed(cfg.seed, prompt)``, as the hf sampler
+    seeds its per-prompt generator, so a prompt's samples do not depend on which prompts share the call and sample i
+    of two problems does not share a seed. Per-token entropy and self-certainty are not available there (NaN).
+    """
     try:
         import vllm
     except ImportError as err:
         raise ValueError("sampling.backend 'vllm' needs the vllm package, which is not installed") from err
-    params = vllm.SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                 max_tokens=cfg.max_new_tokens, logprobs=0)
+    llm, lora_request = (model.llm, model.lora_request) if isinstance(model, VLLMModel) else (model, None)
+    params = [vllm.SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  seed=prompt_seed(cfg.seed, prompt), max_tokens=cfg.max_new_tokens, logprobs=0,
+                                  stop=list(cfg.stop) or None)
+              for prompt in prompts]
     results = []
-    for request in model.generate(prompts, params):
+    for request in llm.generate(prompts, params, lora_request=lora_request):
         samples = []
         for c in request.outputs:
             lp = sum(next(iter(d.values())).logprob for d in (c.logprobs or []))
+            # finish_reason "stop": EOS or a stop string (stop_reason holds the string; its text is already cut)
+            stop = c.stop_reason if isinstance(c.stop_reason, str) else None
             samples.append(Sample(list(c.token_ids), c.text, lp, lp / max(len(c.token_ids), 1), float("nan"),
-                                  float("nan"), c.finish_reason == "stop"))
+                                  float("nan"), c.finish_reason == "stop", stop))
         results.append(samples)
     return results

@@ -53,11 +53,26 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
+    """``task``: the training problems and how every prompt is shown, in training and in the evaluation after it.
+
+    ``size``: how many problems (null: all); ``subset``: ``first`` (the first ``size`` rows of the split) or
+    ``random`` (a sample seeded by the recipe's ``seed``; datasets only). Arithmetic generates ``size`` problems
+    from the seed, and ``subset`` must stay ``first`` there. ``prompt_template`` places the problem at ``{problem}``
+    (datasets) or ``{expression}`` (arithmetic). ``system_prompt``, ``fewshot`` (worked examples from the train
+    split, never from the evaluated one; ``fewshot_format``: ``turns`` or ``text``) and ``chat_template`` (false: a
+    plain-text prompt, for base models) apply to the evaluation too (``recipes.tasks.base``).
+    """
+
     name: str = "arithmetic"
     split: str = "train"
     size: int | None = None
+    subset: Literal["first", "random"] = "first"
     levels: list[int] | None = None
     prompt_template: str | None = None
+    system_prompt: str | None = None
+    chat_template: bool = True
+    fewshot: int = 0
+    fewshot_format: Literal["turns", "text"] | None = None
     data_dir: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -105,22 +120,31 @@ class TrainConfig:
 class EvalSection(EvalConfig):
     """``eval``: the evaluation run after training (``catpot eval``'s options) and the problems it uses.
 
-    ``task`` defaults to the training task; ``levels`` filters MATH/MATH-500 by difficulty.
+    ``task`` defaults to the training task; ``size``/``subset`` as in ``task`` (the first ``size`` problems by
+    default); ``levels`` filters MATH/MATH-500 by difficulty.
     """
 
     enabled: bool = False
     task: str | None = None
     split: str = "test"
     size: int | None = None
+    subset: Literal["first", "random"] = "first"
     levels: list[int] | None = None
 
 
 @dataclass
 class LoggingConfig:
-    """``logging``: W&B. ``mode: auto`` is online with an API key and offline without one."""
+    """``logging``: W&B. ``mode: auto`` is online with an API key and offline without one.
 
-    project: str = "catpot"
+    ``project``: a value set here wins; unset (null), ``$WANDB_PROJECT`` if set, else ``catpot``. ``group`` and
+    ``job_type`` file the run in W&B (``catpot experiment`` sets the experiment and the arm when they are unset);
+    unset, W&B's own ``$WANDB_RUN_GROUP``/``$WANDB_JOB_TYPE`` apply.
+    """
+
+    project: str | None = None
     entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     run_name: str | None = None
     tags: list[str] = field(default_factory=list)

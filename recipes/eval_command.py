@@ -2,12 +2,20 @@
 
 ``results.json`` schema::
 
-    {"config": {...the evaluation config...}, "model": str, "task": str, "n": int, "num_problems": int,
+    {"summary": {"finished_rate": float,
+                 "strategies": {strategy: {"k_min", "at_k_min", "k_max", "at_k_max", "unparsed_share"}}},
+     "config": {...the evaluation config...}, "model": str, "task": str, "n": int, "num_problems": int,
      "scorer": str,
      "curves": {strategy: [{"k", "value", "ci_low", "ci_high", "mc_stderr", "generated_tokens", "forward_tokens",
                             "backward_tokens", "flops", "wall_time"}]},
      "unparsed": {strategy: count of unparsable sample answers (scored wrong)},
-     "finished_rate": share of the samples that ended before the token limit}
+     "finished_rate": share of the samples that ended before the token limit (EOS or a stop string),
+     "provenance": {"catpot", "git": {"commit", "dirty"} or null, "packages": {name: version or null},
+                    "source": {model/adapter content hashes, dtype, ...}, "data": {file: sha256},
+                    "chat_template": bool, "chat_template_sha256", "prompts_sha256"}}
+
+``summary`` holds each curve at its smallest and largest k and the share of its answers that did not parse;
+``provenance`` says what produced the numbers (``recipes.provenance``).
 
 Strategies: ``pass`` (pass@k), ``maj`` (maj@k), ``wmaj`` (weighted maj@k: the ``scorer``'s vote weights summed per
 answer), ``avg`` (avg@k), ``bon`` (best-of-k under ``scorer``), and ``pot``
@@ -54,6 +62,7 @@ class EvalConfig:
     prompts_per_batch: int = 4
     cache: str = "dynamic"  # "static": fixed-shape KV cache for the hf sampler (pot.sampling)
     compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
+    stop: list[str] = field(default_factory=list)  # strings that end a sample (pot.sampling), e.g. ["\n\nQuestion:"]
     pot_updates: list[int] = field(default_factory=lambda: [0, 4, 8, 16])
     pot_runs: int = 4  # PoT runs per problem and budget (best-of-k over them, k <= pot_runs)
     pot_segment_tokens: int = 128  # tokens generated between two adapter updates
@@ -84,7 +93,7 @@ class EvalConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_p=self.top_p, seed=self.seed, prompts_per_batch=self.prompts_per_batch,
-                              backend=self.backend, cache=self.cache, compile=self.compile)
+                              backend=self.backend, cache=self.cache, compile=self.compile, stop=tuple(self.stop))
 
 
 def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
@@ -97,20 +106,25 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     data directory; see ``recipes.provenance``); records are resumed only when it, the rendered prompts, the gold
     answers and the library versions all match.
     """
-    from recipes.provenance import library_versions, prompts_sha256
+    from recipes.provenance import library_versions, prompts_sha256, run_provenance
     from recipes.run_dir import claim
 
     if not task.problems:
         raise ValueError(f"task {task.name!r} has no problems")
     out = Path(out_dir)
     claim(out, "eval", "evaluation directory")
+    prompts_hash = prompts_sha256(task, tokenizer)
     identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
-                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_sha256(task, tokenizer),
+                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_hash,
                 "source": source or {}, "versions": library_versions(),
                 "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
+    for name, default in (("stop", []), ("subset", "first")):  # fields added later: at their defaults they are left
+        if identity.get(name) == default:                     # out, so records written before them stay resumable
+            identity.pop(name)
     identity["pot"] = "pot" in eval_cfg.strategies
-    records = RecordsFile(out / "records.jsonl", identity)
+    provenance = run_provenance(task, tokenizer, source or {}, prompts_hash)
+    records = RecordsFile(out / "records.jsonl", identity, provenance)
     reward_model = None
     if eval_cfg.scorer.startswith("reward_model:"):
         reward_model = RewardModelScorer.from_pretrained(eval_cfg.scorer.split(":", 1)[1])
@@ -136,6 +150,9 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
         results["curves"].update(pot)
         results["unparsed"].update({name: sum(run["answer_key"] is None for r in ordered for run in r["pot"][name[4:]])
                                     for name in pot})
+    answers = {name: len(ordered) * (eval_cfg.pot_runs if name.startswith("pot@") else eval_cfg.n)
+               for name in results["curves"]}
+    results = {"summary": summarize(results, answers), **results, "provenance": provenance}
     atomic_write_json(out / "results.json", results)
     from recipes.plotting import plot_results
 
@@ -146,10 +163,20 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     return results
 
 
+def summarize(results: dict, answers: dict[str, int]) -> dict:
+    """Each curve at its smallest and largest k and its unparsed share (``answers``: answers per curve), plus the
+    finished rate: what a reader compares first, without parsing the curves."""
+    strategies = {}
+    for name, points in results["curves"].items():
+        first, last = min(points, key=lambda p: p["k"]), max(points, key=lambda p: p["k"])
+        strategies[name] = {"k_min": first["k"], "at_k_min": first["value"], "k_max": last["k"],
+                            "at_k_max": last["value"], "unparsed_share": results["unparsed"][name] / answers[name]}
+    return {"finished_rate": results["finished_rate"], "strategies": strategies}
+
+
 def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records: RecordsFile, reward_model) -> None:
     """Sample, verify, score (and PoT-run) one batch of problems and append their records."""
-    prompts = [tokenizer.apply_chat_template(task.messages(p), tokenize=False, add_generation_prompt=True)
-               for p in todo]
+    prompts = [task.render(p, tokenizer) for p in todo]
     pot_runs = run_pot(model, tokenizer, task, todo, prompts, eval_cfg) if "pot" in eval_cfg.strategies else {}
     began = time.perf_counter()
     pools = sample(model, tokenizer, prompts, eval_cfg.sampling())
@@ -162,10 +189,11 @@ def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records:
         scorers = sorted({"oracle", eval_cfg.scorer})
         scores = {name: score_samples(name, pool, correct, prompt, reward_model) for name in scorers}
         records.add({
-            "id": problem.id, "prompt_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+            "id": problem.id, "prompt": prompt, "gold": problem.answer,
+            "prompt_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
             "wall_time": wall,
             "samples": [{"text": s.text, "num_tokens": len(s.token_ids), "answer": v.answer, "answer_key": keys[i],
-                         "correct": v.correct, "finished": s.finished,
+                         "correct": v.correct, "finished": s.finished, "stop": s.stop,
                          "scores": {name: scores[name][i] for name in scorers}}
                         for i, (s, v) in enumerate(zip(pool, verdicts))],
             **({"pot": pot_runs[problem.id]} if "pot" in eval_cfg.strategies else {}),
@@ -199,7 +227,14 @@ def run_pot(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig) -> 
 
 
 def log_to_wandb(run, results: dict, records: list[dict]) -> None:
-    """Line series per strategy (x = k, generated tokens, FLOPs) and per-point/per-problem tables; failures only warn."""
+    """The curves, as series that overlay across runs and as line-series charts, per-point/per-problem tables and
+    summary scalars; failures only warn.
+
+    Series: one row per strategy and k with the step metrics ``eval/k`` and ``eval/flops`` and the values
+    ``eval/by_k/<strategy>`` (x = ``eval/k``) and ``eval/by_flops/<strategy>`` (x = ``eval/flops``), declared with
+    ``define_metric``, so that W&B draws each run's curve against k or compute and overlays runs of a project.
+    Summary: ``eval/<strategy>@<k>`` for every point, ``eval/finished_rate`` and ``eval/unparsed_share/<strategy>``.
+    """
     try:
         _log_curves_and_table(run, results, records)
     except Exception as err:  # tracking is a side channel: results.json and the figures are already written
@@ -213,6 +248,21 @@ def _log_curves_and_table(run, results: dict, records: list[dict]) -> None:
 
     curves = results["curves"]
     names = list(curves)
+    run.define_metric("eval/k")
+    run.define_metric("eval/flops")
+    for name in names:
+        run.define_metric(f"eval/by_k/{name}", step_metric="eval/k")
+        run.define_metric(f"eval/by_flops/{name}", step_metric="eval/flops")
+    for name in names:
+        for p in curves[name]:
+            run.log({"eval/k": p["k"], "eval/flops": p["flops"], f"eval/by_k/{name}": p["value"],
+                     f"eval/by_flops/{name}": p["value"]})
+    summary = {f"eval/{name}@{p['k']}": p["value"] for name in names for p in curves[name]}
+    if "summary" in results:
+        summary["eval/finished_rate"] = results["summary"]["finished_rate"]
+        summary.update({f"eval/unparsed_share/{name}": entry["unparsed_share"]
+                        for name, entry in results["summary"]["strategies"].items()})
+    run.summary.update(summary)
     logged = {}
     for axis, key in (("k", "k"), ("generated_tokens", "generated_tokens"), ("flops", "flops")):
         logged[f"eval/accuracy_vs_{axis}"] = wandb.plot.line_series(
@@ -246,13 +296,15 @@ def run_eval(args: argparse.Namespace) -> dict:
     from recipes.tasks import load_task
 
     cfg = EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
-                     scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend,
+                     scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend, stop=args.stop or [],
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                      prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
                      pot_updates=_int_list(args.pot_updates, "--pot-updates"),
                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
     options = task_options(args.task_option or [])
-    task = load_task(args.task, split=args.split, size=args.limit, seed=args.task_seed, data_dir=args.data_dir,
+    task = load_task(args.task, split=args.split, size=args.limit, subset=args.subset, seed=args.task_seed,
+                     data_dir=args.data_dir, prompt_template=args.prompt_template, system_prompt=args.system_prompt,
+                     chat_template=args.chat_template, fewshot=args.fewshot, fewshot_format=args.fewshot_format,
                      **options)
     if not task.problems:
         raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
@@ -271,7 +323,8 @@ def run_eval(args: argparse.Namespace) -> dict:
             model.eval()
             num_parameters = None
         name = args.model + (f"+{args.adapter}" if args.adapter else "")
-        run = tracking.start_run(LoggingConfig(), {**asdict(cfg), "model": name, "task": args.task}, args.out,
+        run = tracking.start_run(LoggingConfig(group=args.wandb_group, job_type="eval"),
+                                 {**asdict(cfg), "model": name, "task": args.task}, args.out,
                                  f"eval {name} on {args.task}")
         try:
             results = evaluate_model(model, tokenizer, task, cfg, args.out, run=run, num_parameters=num_parameters,
@@ -288,21 +341,44 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (besides 1)
+
+
 def _load_vllm(args: argparse.Namespace):
-    """``(vllm.LLM, tokenizer, parameter count)`` for ``--backend vllm``; the count comes from a meta-device build."""
+    """``(pot.sampling.VLLMModel, tokenizer, parameter count)`` for ``--backend vllm``; the count comes from a
+    meta-device build. ``--adapter``: the engine is built with ``enable_lora=True`` and a ``max_lora_rank`` that
+    holds the adapter's rank, and every request carries the adapter as a ``LoRARequest`` (unmerged, as on hf)."""
     try:
         import vllm
     except ImportError:
-        raise ValueError("--backend vllm needs the vllm package (pip install vllm), which is not installed") from None
-    if args.adapter:
-        raise ValueError(f"--adapter {args.adapter} is not supported with --backend vllm; use --backend hf")
+        raise ValueError("--backend vllm needs the vllm package (pip install 'catpot[vllm]'), which is not "
+                         "installed") from None
     from transformers import AutoTokenizer
 
+    from pot.sampling import VLLMModel
     from recipes.models import resolve_model_path
 
     path = resolve_model_path(args.model)
-    llm = vllm.LLM(model=path, dtype=args.dtype, seed=args.seed)
-    return llm, AutoTokenizer.from_pretrained(path), parameter_count(path)
+    if not args.adapter:
+        llm = vllm.LLM(model=path, dtype=args.dtype, seed=args.seed)
+        return VLLMModel(llm), AutoTokenizer.from_pretrained(path), parameter_count(path)
+    from vllm.lora.request import LoRARequest
+
+    rank = adapter_rank(args.adapter)
+    max_rank = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+    if max_rank is None:
+        raise ValueError(f"--adapter {args.adapter} has LoRA rank {rank}; vLLM serves ranks up to "
+                         f"{VLLM_LORA_RANKS[-1]}")
+    llm = vllm.LLM(model=path, dtype=args.dtype, seed=args.seed, enable_lora=True, max_lora_rank=max_rank, max_loras=1)
+    lora = LoRARequest("adapter", 1, str(Path(args.adapter).resolve()))
+    return VLLMModel(llm, lora), AutoTokenizer.from_pretrained(path), parameter_count(path)
+
+
+def adapter_rank(directory: str | Path) -> int:
+    """The largest LoRA rank of a peft adapter (``r`` and any per-module ``rank_pattern`` value)."""
+    config = json.loads((Path(directory) / "adapter_config.json").read_text())
+    ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    return max(int(r) for r in ranks)
 
 
 def parameter_count(path: str) -> int:
@@ -378,10 +454,23 @@ def register(subparsers) -> None:
     p.add_argument("--adapter", default=None, help="a peft adapter directory to load on top of --model")
     p.add_argument("--task", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first M problems")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first M problems (with --subset random: a "
+                   "random M, seeded by --task-seed)")
+    p.add_argument("--subset", default="first", help="first|random: which --limit problems of a dataset task")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
                    help="a task option, e.g. max_operand=19 or test_one_in=2 for arithmetic (repeatable)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--prompt-template", default=None, help="the problem's prompt, with {problem} (datasets) or "
+                   "{expression} (arithmetic) where the problem goes")
+    p.add_argument("--system-prompt", default=None, help="a system prompt (a chat turn, or the first paragraph of a "
+                   "plain-text prompt)")
+    p.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                   help="a plain-text prompt instead of the tokenizer's chat template (base models)")
+    p.add_argument("--fewshot", type=int, default=0, help="worked examples from the train split before each problem")
+    p.add_argument("--fewshot-format", default=None, help="turns (chat turns; the default with a chat template) | "
+                   "text (plain text in the prompt)")
+    p.add_argument("--stop", action="append", metavar="STRING", help="a string that ends a sample (repeatable; "
+                   "in bash write a newline as $'\\n')")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--ks", default="1,2,4,8,16,32,64")
     p.add_argument("--strategies", default="pass,maj,bon", help="from pass,maj,wmaj,avg,bon,pot")
@@ -403,6 +492,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompts-per-batch", type=int, default=4, help="prompts decoded together (each with n rows)")
     p.add_argument("--cache", default="dynamic", help="dynamic|static KV cache of the hf sampler")
     p.add_argument("--compile", action="store_true", help="torch.compile the static-cache decode step (CUDA)")
+    p.add_argument("--wandb-group", default=None, help="W&B group of the run (project: $WANDB_PROJECT or catpot)")
     p.set_defaults(func=run_eval)
     c = subparsers.add_parser("compare", help="paired bootstrap between two evaluation directories")
     c.add_argument("a")

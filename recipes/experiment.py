@@ -5,7 +5,9 @@ reference of the paired comparisons. The untrained base model is evaluated on th
 sampling settings as arm ``base``. Every arm resumes after a kill and is skipped once finished. ``--jobs J`` trains
 J arms at once as separate ``catpot train`` processes (a GPU is mostly idle under one small model), each logging to
 ``<arm output_dir>.log``. ``--seed S`` replicates the experiment with every arm's ``seed`` set to S, into
-``<parent of the arms' output_dir>-seedS/`` and ``results/<DIR name>-seedS``.
+``<parent of the arms' output_dir>-seedS/`` and ``results/<DIR name>-seedS``. In W&B every arm's run is filed under
+group ``<DIR name>`` (all seeds) and job type ``<arm>``, unless its recipe sets ``logging.group``/``logging.job_type``,
+so W&B can aggregate an arm over seeds and overlay the arms.
 
 ``--results RESULTS`` (default ``results/<DIR name>``) receives, for committing: ``<arm>.json`` (the arm's
 results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sample), ``comparisons.json`` (paired
@@ -52,6 +54,13 @@ def seed_overrides(path: Path, overrides: list[str], seed: int | None) -> list[s
     output_dir = Path(load_recipe(path, list(overrides)).output_dir)
     replica = output_dir.parent.with_name(f"{output_dir.parent.name}-seed{seed}") / output_dir.name
     return [*overrides, f"seed={seed}", f"output_dir={replica}"]
+
+
+def wandb_overrides(path: Path, overrides: list[str], group: str, arm: str) -> list[str]:
+    """``overrides`` plus the W&B group (the experiment) and job type (the arm) where the recipe leaves them unset."""
+    logging = load_recipe(path, overrides).logging
+    return [*overrides, *([f"logging.group={group}"] if logging.group is None else []),
+            *([f"logging.job_type={arm}"] if logging.job_type is None else [])]
 
 
 def train_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, list[str]], jobs: int) -> None:
@@ -109,9 +118,11 @@ def run_experiment(directory: str | Path, results_dir: str | Path | None = None,
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive int, got {jobs!r}")
     paths = arm_paths(directory)
-    arm_overrides = {name: seed_overrides(path, list(overrides), seed) for name, path in paths.items()}
+    group = Path(directory).resolve().name
+    arm_overrides = {name: wandb_overrides(path, seed_overrides(path, list(overrides), seed), group, name)
+                     for name, path in paths.items()}
     arms = {name: load_recipe(path, arm_overrides[name]) for name, path in paths.items()}
-    experiment = Path(directory).resolve().name + ("" if seed is None else f"-seed{seed}")
+    experiment = group + ("" if seed is None else f"-seed{seed}")
     results = Path(results_dir or Path("results") / experiment)
     with open_run_dir(results, "experiment", "--results", resume=True):
         return _run_arms(paths, arms, arm_overrides, results, jobs)

@@ -2,7 +2,9 @@
 
 ``catpot eval`` resumes ``records.jsonl`` only when all of these match, so that records of another model, adapter,
 task option or library version are never mixed into one result. Identity follows the bytes, not the path: an
-adapter retrained in place gets a new hash.
+adapter retrained in place gets a new hash. ``run_provenance`` adds what a reader of the results needs to reproduce
+them but that does not decide a resume: the git commit of the catpot checkout, every relevant package version, the
+data files' hashes and the chat template's hash.
 
 Adapters are hashed in full (they are small). Base-model weights can be many GB, so a weight file is identified by
 its size, its first MiB (the safetensors header with every tensor's name, dtype, shape and offset) and 16 evenly
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from core.files import file_sha256, tree_sha256
@@ -24,6 +28,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SMALL_FILE = 8 << 20  # files up to this size are hashed in full
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "bitsandbytes", "wandb",
+            "vllm", "deepspeed")
+CHECKOUT = Path(__file__).resolve().parents[1]  # the directory holding the catpot packages
 
 
 def library_versions() -> dict[str, str]:
@@ -31,6 +38,51 @@ def library_versions() -> dict[str, str]:
     import transformers
 
     return {"catpot": catpot_version(), "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape training and evaluation (None: not installed); read from the
+    package metadata, so nothing is imported."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision(checkout: str | Path = CHECKOUT) -> dict | None:
+    """``{"commit", "dirty"}`` of the git checkout catpot runs from; None when it is not one (an installed wheel)
+    or git is missing. ``dirty``: tracked files differ from the commit."""
+
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *command], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != Path(checkout).resolve():
+            return None  # catpot is installed inside some other repository (a virtualenv in a project)
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def chat_template_sha256(tokenizer) -> str | None:
+    """sha256 of the tokenizer's chat template (a string, or a mapping of named templates); None without one."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_provenance(task, tokenizer, source: dict, prompts_hash: str | None = None) -> dict:
+    """What produced an evaluation, for ``results.json`` and the records header (see ``recipes.eval_command``)."""
+    return {"catpot": catpot_version(), "git": git_revision(), "packages": package_versions(), "source": source,
+            "data": dict(task.data_sha256), "chat_template": task.chat_template,
+            "chat_template_sha256": chat_template_sha256(tokenizer) if task.chat_template else None,
+            "prompts_sha256": prompts_hash or prompts_sha256(task, tokenizer)}
 
 
 def sampled_sha256(path: str | Path, samples: int = 16, sample_bytes: int = 1 << 16) -> str:
@@ -115,11 +167,11 @@ def model_fingerprint(name_or_path: str, cache_dir: str | Path | None = None) ->
 
 
 def prompts_sha256(task, tokenizer) -> str:
-    """sha256 over every problem's id, chat-rendered prompt (exactly what is sampled from) and gold answer."""
+    """sha256 over every problem's id, rendered prompt (``Task.render``: exactly what is sampled from) and gold
+    answer."""
     digest = hashlib.sha256()
     for problem in task.problems:
-        prompt = tokenizer.apply_chat_template(task.messages(problem), tokenize=False, add_generation_prompt=True)
-        digest.update(json.dumps([problem.id, prompt, problem.answer]).encode() + b"\n")
+        digest.update(json.dumps([problem.id, task.render(problem, tokenizer), problem.answer]).encode() + b"\n")
     return digest.hexdigest()
 
 

@@ -1,8 +1,10 @@
 """W&B for training runs: offline without an API key, resumable, and never the reason a run stops.
 
-We open the run ourselves (project, entity, tags, the whole recipe as config) so that transformers'
-``WandbCallback``, which only calls ``wandb.init`` when no run exists (``WandbCallback.setup``), logs into it. The
-callback is wrapped so that a W&B error turns logging off with one warning instead of ending training.
+We open the run ourselves (project, entity, group, job type, tags, the whole recipe as config); training then runs
+with ``report_to=["wandb"]``, so transformers' ``WandbCallback`` (which only calls ``wandb.init`` when no run exists,
+``WandbCallback.setup``) and TRL's own W&B logging (GRPO's completions table, ``log_completions``) log into it.
+``use_safe_callback`` swaps the callback for ``SafeWandbCallback``, whose hooks turn W&B off with one warning on an
+error instead of ending training; turning off also takes ``wandb`` out of ``report_to``, which stops TRL's logging.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from transformers.integrations import WandbCallback
 from core.files import atomic_write_text
 
 RUN_ID_FILE = "wandb_run_id"
+DEFAULT_PROJECT = "catpot"
+
+
+def resolve_project(project: str | None) -> str:
+    """The W&B project: the recipe's value if set, else ``$WANDB_PROJECT``, else ``catpot``."""
+    return project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
 
 
 def resolve_mode(mode: str) -> str:
@@ -46,8 +54,9 @@ def start_run(logging_cfg, config: dict, output_dir: str | Path, run_name: str):
             import wandb
 
             run = wandb.init(
-                project=logging_cfg.project, entity=logging_cfg.entity, name=run_name, tags=logging_cfg.tags,
-                config=config, dir=str(output_dir), mode=mode, id=run_id, resume="allow",
+                project=resolve_project(logging_cfg.project), entity=logging_cfg.entity, group=logging_cfg.group,
+                job_type=logging_cfg.job_type, name=run_name, tags=logging_cfg.tags, config=config,
+                dir=str(output_dir), mode=mode, id=run_id, resume="allow",
             )
         except Exception as error:  # noqa: BLE001 — W&B must never stop a run
             # after a SIGKILL the dead process's W&B service can still hold the old id ("run ID is in use")
@@ -88,13 +97,15 @@ def finish(run, exit_code: int | None = None) -> None:
 
 def _never_raises(method):
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self, args, *rest, **kwargs):
         if self.failed:
             return None
         try:
-            return method(self, *args, **kwargs)
+            return method(self, args, *rest, **kwargs)
         except Exception as error:  # noqa: BLE001
             self.failed = True
+            if isinstance(getattr(args, "report_to", None), list) and "wandb" in args.report_to:
+                args.report_to.remove("wandb")  # TRL logs its tables only while "wandb" is in report_to
             warnings.warn(f"W&B logging stopped: {type(error).__name__}: {error}", stacklevel=2)
             return None
 
@@ -112,3 +123,9 @@ class SafeWandbCallback(WandbCallback):
     on_log = _never_raises(WandbCallback.on_log)
     on_save = _never_raises(WandbCallback.on_save)
     on_predict = _never_raises(WandbCallback.on_predict)
+
+
+def use_safe_callback(trainer) -> None:
+    """Replace the ``WandbCallback`` that ``report_to=["wandb"]`` gave ``trainer`` with a ``SafeWandbCallback``."""
+    trainer.remove_callback(WandbCallback)
+    trainer.add_callback(SafeWandbCallback())

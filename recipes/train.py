@@ -249,10 +249,17 @@ def load_trained(recipe: Recipe, final: Path):
                            trust_remote_code=m.trust_remote_code)
 
 
+def _prompt_fields(recipe: Recipe) -> dict:
+    """How prompts are shown, in training and in the evaluation after it (whatever the evaluation task)."""
+    t = recipe.task
+    return {"system_prompt": t.system_prompt, "chat_template": t.chat_template, "fewshot": t.fewshot,
+            "fewshot_format": t.fewshot_format}
+
+
 def load_train_task(recipe: Recipe) -> Task:
     t = recipe.task
-    return load_task(t.name, split=t.split, size=t.size, seed=recipe.seed, data_dir=t.data_dir, levels=t.levels,
-                     prompt_template=t.prompt_template, **t.options)
+    return load_task(t.name, split=t.split, size=t.size, subset=t.subset, seed=recipe.seed, data_dir=t.data_dir,
+                     levels=t.levels, prompt_template=t.prompt_template, **_prompt_fields(recipe), **t.options)
 
 
 def _eval_task_fields(recipe: Recipe) -> dict:
@@ -264,8 +271,9 @@ def _eval_task_fields(recipe: Recipe) -> dict:
 
 def load_eval_task(recipe: Recipe) -> Task:
     f = _eval_task_fields(recipe)
-    return load_task(f["name"], split=recipe.eval.split, size=recipe.eval.size, seed=recipe.seed,
-                     data_dir=f["data_dir"], levels=f["levels"], prompt_template=f["prompt_template"], **f["options"])
+    return load_task(f["name"], split=recipe.eval.split, size=recipe.eval.size, subset=recipe.eval.subset,
+                     seed=recipe.seed, data_dir=f["data_dir"], levels=f["levels"],
+                     prompt_template=f["prompt_template"], **_prompt_fields(recipe), **f["options"])
 
 
 def completion_text(completion) -> str:
@@ -284,15 +292,13 @@ def correctness_reward(task: Task):
 
 
 def grpo_dataset(task: Task) -> Dataset:
-    return Dataset.from_list([{"prompt": task.messages(p), "problem_id": p.id} for p in task.problems])
+    """Prompts as chat messages (TRL applies the chat template), or as plain text without one (``Task.prompt``)."""
+    return Dataset.from_list([{"prompt": task.prompt(p), "problem_id": p.id} for p in task.problems])
 
 
 def sft_dataset(task: Task, target: str) -> Dataset:
-    rows = []
-    for p in task.problems:
-        completion = task.sft_target(p, target)
-        rows.append({"prompt": task.messages(p), "completion": [{"role": "assistant", "content": completion}]})
-    return Dataset.from_list(rows)
+    return Dataset.from_list([{"prompt": task.prompt(p), "completion": task.completion(task.sft_target(p, target))}
+                              for p in task.problems])
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, prepared: Prepared):
@@ -336,12 +342,13 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
                 run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
         else:
             model, tokenizer = load_model(recipe)
+            run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
+            prepared.args.report_to = ["wandb"] if run is not None else []  # TRL's W&B logging goes into our run
             trainer = build_trainer(recipe, model, tokenizer, prepared)
+            if run is not None:
+                tracking.use_safe_callback(trainer)
             if not (out / RECIPE_FILE).is_file():  # the run starts here: from now on --resume continues it
                 atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(to_dict(recipe), sort_keys=False))
-            run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
-            if run is not None:
-                trainer.add_callback(tracking.SafeWandbCallback())
             if checkpoint:
                 print(f"resuming from {checkpoint}")
             began = time.perf_counter()

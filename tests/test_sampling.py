@@ -137,3 +137,43 @@ def test_bad_prompts_and_missing_vllm(model_tok):
     except ImportError:
         with pytest.raises(ValueError, match="vllm"):
             sample(model, tok, PROMPTS, SamplingConfig(backend="vllm"))
+
+
+def _expected_stop(tok, reference, stops):
+    """Brute force over the unstopped sample: the first prefix whose text holds a stop string ends the sample there,
+    its text cut before the stop string that ends first; ``None`` if no prefix (up to EOS) holds one."""
+    for j in range(1, len(reference.token_ids) + 1):
+        text = tok.decode(reference.token_ids[:j], skip_special_tokens=True)
+        found = [(text.find(s) + len(s), -len(s), s) for s in stops if s in text]
+        if found:
+            stop = min(found)[2]
+            return reference.token_ids[:j], text[: text.find(stop)], stop
+    return None
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_stop_strings_end_samples_where_their_text_first_holds_one(model_tok, cache):
+    model, tok = model_tok
+    stops = ("7", "\n", "ab")  # none of them inside a special token's text
+    cfg = dict(n=8, max_new_tokens=40, temperature=1.5, seed=5, cache=cache)
+    free = sample(model, tok, PROMPTS, SamplingConfig(**cfg))
+    stopped = sample(model, tok, PROMPTS, SamplingConfig(**cfg, stop=stops))
+    outcomes = []
+    for pool_free, pool_stopped in zip(free, stopped):
+        for reference, s in zip(pool_free, pool_stopped):
+            expected = _expected_stop(tok, reference, stops)
+            outcomes.append(expected is not None)
+            if expected is None:
+                assert (s.token_ids, s.text, s.finished, s.stop) == (
+                    reference.token_ids, reference.text, reference.finished, None)
+            else:
+                tokens, text, stop = expected
+                assert (s.token_ids, s.text, s.finished, s.stop) == (tokens, text, True, stop)
+    assert any(outcomes) and not all(outcomes)  # some samples were cut, others ran on
+
+
+def test_stop_strings_are_checked():
+    with pytest.raises(ValueError, match=r"sampling.stop must be a list of non-empty strings, got '\\n'"):
+        SamplingConfig(stop="\n")
+    with pytest.raises(ValueError, match="sampling.stop must be a list of non-empty strings"):
+        SamplingConfig(stop=["", "x"])

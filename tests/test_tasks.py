@@ -1,6 +1,14 @@
-"""Tasks: seeded, disjoint arithmetic splits; GSM8K / MATH / MATH-500 from local JSONL; the verifier."""
+"""Tasks: seeded, disjoint arithmetic splits; GSM8K / MATH / MATH-500 from local JSONL; subsets, few-shot examples
+and prompt rendering; the verifier."""
+
+import gzip
+import hashlib
+import json
+import random
 
 import pytest
+
+from conftest import REPO_ROOT
 
 from recipes.tasks import TASKS, load_task
 from recipes.tasks.arithmetic import split_of
@@ -113,7 +121,7 @@ def test_math_datasets_from_local_jsonl(shared_data_dir):
         ({"name": "arithmetic", "max_operands": [9, 0]}, ValueError, r"task.max_operands .* got \[9, 0\]"),
         ({"name": "arithmetic", "max_operands": [9, 9], "max_operand": 9}, ValueError,
          r"task.max_operands replaces task.max_operand"),
-        ({"name": "arithmetic", "system_prompt": 3}, ValueError, r"task.system_prompt must be a string, got 3"),
+        ({"name": "arithmetic", "system_prompt": 3}, ValueError, r"task.system_prompt must be a non-empty string or null, got 3"),
         ({"name": "gsm8k", "split": "test", "data_dir": "/nonexistent"}, FileNotFoundError, r"task.data_dir: .*gsm8k/test.jsonl"),
         ({"name": "math500", "split": "train", "data_dir": "/tmp"}, ValueError, r"task.split for math500 .* got 'train'"),
         ({"name": "gsm8k", "split": "test", "digits": 2}, ValueError, r"unknown option\(s\) for task 'gsm8k'"),
@@ -133,5 +141,111 @@ def test_every_keyword_option_of_the_arithmetic_loader_is_a_valid_task_option():
 
     from recipes.tasks.arithmetic import OPTIONS, load_arithmetic
 
-    keywords = set(inspect.signature(load_arithmetic).parameters) - {"split", "size", "seed", "prompt_template"}
+    keywords = set(inspect.signature(load_arithmetic).parameters) - {"split", "size", "seed", "prompt_template", "fewshot"}
     assert keywords == set(OPTIONS)
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_size_takes_the_first_problems_unless_a_random_subset_is_asked_for(shared_data_dir):
+    rows = _jsonl(shared_data_dir / "gsm8k" / "test.jsonl")
+    first = load_task("gsm8k", split="test", size=5, data_dir=shared_data_dir)
+    assert [p.prompt.split("\n\n")[0] for p in first.problems] == [r["question"] for r in rows[:5]]
+    assert [p.answer for p in first.problems] == [r["final"] for r in rows[:5]]
+    everything = load_task("gsm8k", split="test", data_dir=shared_data_dir).problems
+    drawn = load_task("gsm8k", split="test", size=5, subset="random", seed=3, data_dir=shared_data_dir).problems
+    assert drawn == random.Random(3).sample(everything, 5) and drawn != first.problems
+    assert load_task("gsm8k", split="test", size=5000, data_dir=shared_data_dir).problems == everything
+
+
+def test_arithmetic_sizes_extend_one_stream():
+    small = load_task("arithmetic", split="test", size=20, max_operand=19, test_one_in=2).problems
+    assert load_task("arithmetic", split="test", size=50, max_operand=19, test_one_in=2).problems[:20] == small
+
+
+def test_the_committed_experiment_still_scores_the_same_against_its_recipe_problems():
+    """The arith_g8 results were sampled from the recipe's problems: today's problems must give every committed
+    sample the verdict it was recorded with (a changed problem changes its gold answer or its id). An integer
+    answer is right exactly when its canonical key is the gold answer."""
+    from recipes.config import load_recipe
+    from recipes.train import load_eval_task
+
+    task = load_eval_task(load_recipe(REPO_ROOT / "recipes" / "experiments" / "arith_g8" / "baseline.yaml"))
+    lines = gzip.decompress((REPO_ROOT / "results" / "arith_g8" / "baseline.records.jsonl.gz").read_bytes())
+    records = [json.loads(line) for line in lines.decode().splitlines()[1:]]
+    assert [r["id"] for r in records] == [p.id for p in task.problems] and len(records) == 209
+    keyed = [(s["answer_key"] == problem.answer, s["correct"]) for record, problem in zip(records, task.problems)
+             for s in record["samples"] if s["answer_key"] is not None]
+    assert len(keyed) > 6000 and all(matches == correct for matches, correct in keyed)
+
+
+def test_fewshot_examples_come_from_the_train_split_and_never_from_the_problems(shared_data_dir):
+    train_rows = _jsonl(shared_data_dir / "gsm8k" / "train.jsonl")
+    test = load_task("gsm8k", split="test", size=4, data_dir=shared_data_dir, fewshot=3)
+    assert [e.prompt.split("\n\n")[0] for e in test.fewshot] == [r["question"] for r in train_rows[:3]]
+    assert all(e.completion.endswith(f"\\boxed{{{r['final']}}}.") for e, r in zip(test.fewshot, train_rows))
+    assert set(test.data_sha256) == {"gsm8k/test.jsonl", "gsm8k/train.jsonl"}
+    assert test.data_sha256["gsm8k/train.jsonl"] == hashlib.sha256(
+        (shared_data_dir / "gsm8k" / "train.jsonl").read_bytes()).hexdigest()
+    train = load_task("gsm8k", split="train", size=4, data_dir=shared_data_dir, fewshot=3)
+    assert [p.prompt.split("\n\n")[0] for p in train.problems] == [r["question"] for r in train_rows[3:7]]
+    m500 = load_task("math500", split="test", size=2, data_dir=shared_data_dir, fewshot=2, levels=[1])
+    math_rows = [r for r in _jsonl(shared_data_dir / "math" / "train.jsonl") if "1" in str(r["level"])]
+    assert [e.prompt.split("\n\n")[0] for e in m500.fewshot] == [r["problem"] for r in math_rows[:2]]
+    arith = load_task("arithmetic", split="test", size=3, fewshot=4)
+    assert all(split_of(e.prompt.removeprefix("What is ").split("?")[0]) == "train" for e in arith.fewshot)
+    assert [e.completion for e in arith.fewshot] == [p.answer for p in load_task("arithmetic", size=4).problems]
+    arith_train = load_task("arithmetic", size=3, fewshot=2)
+    assert arith_train.problems == load_task("arithmetic", size=5).problems[2:]  # after its own examples
+
+
+def test_prompts_render_as_chat_turns_chat_text_or_plain_text():
+    from recipes.tiny_llama import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    chat = load_task("arithmetic", split="test", size=2, fewshot=2, system_prompt="Be exact.")
+    problem, (one, two) = chat.problems[0], chat.fewshot
+    assert chat.messages(problem) == [
+        {"role": "system", "content": "Be exact."},
+        {"role": "user", "content": one.prompt}, {"role": "assistant", "content": one.completion},
+        {"role": "user", "content": two.prompt}, {"role": "assistant", "content": two.completion},
+        {"role": "user", "content": problem.prompt}]
+    assert chat.render(problem, tok) == tok.apply_chat_template(chat.messages(problem), tokenize=False,
+                                                                add_generation_prompt=True)
+    inline = load_task("arithmetic", split="test", size=2, fewshot=2, fewshot_format="text")
+    assert inline.messages(problem) == [{"role": "user", "content": (
+        f"{one.prompt} {one.completion}\n\n{two.prompt} {two.completion}\n\n{problem.prompt}")}]
+    plain = load_task("arithmetic", split="test", size=2, fewshot=2, system_prompt="Be exact.", chat_template=False,
+                      prompt_template="Q: {expression} =")
+    expression = problem.prompt.removeprefix("What is ").split("?")[0]
+    assert plain.render(plain.problems[0], tok) == (
+        f"Be exact.\n\nQ: {one.prompt.removeprefix('What is ').split('?')[0]} = {one.completion}\n\n"
+        f"Q: {two.prompt.removeprefix('What is ').split('?')[0]} = {two.completion}\n\nQ: {expression} =")
+    assert plain.prompt(plain.problems[0]) == plain.render(plain.problems[0], None)  # TRL gets the same text
+    assert plain.completion("7") == " 7" and chat.completion("7") == [{"role": "assistant", "content": "7"}]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"subset": "middle"}, r"task.subset must be one of \('first', 'random'\), got 'middle'"),
+        ({"subset": "random"}, r"task.subset 'random' does not apply to arithmetic"),
+        ({"fewshot": -1}, r"task.fewshot must be an int >= 0, got -1"),
+        ({"fewshot_format": "turns", "chat_template": False}, r"task.fewshot_format 'turns' needs a chat template"),
+        ({"fewshot_format": "list"}, r"task.fewshot_format must be one of \('turns', 'text'\), got 'list'"),
+        ({"prompt_template": "What is {problem}?"}, r"task.prompt_template for arithmetic must contain \{expression\}"),
+        ({"system_prompt": " "}, r"task.system_prompt must be a non-empty string or null, got ' '"),
+    ],
+)
+def test_bad_prompt_and_subset_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_task("arithmetic", split="test", size=2, **kwargs)
+
+
+def test_bad_dataset_prompt_input(shared_data_dir):
+    with pytest.raises(ValueError, match=r"task.prompt_template for gsm8k must contain \{problem\}, got 'Q: \{q"):
+        load_task("gsm8k", split="test", data_dir=shared_data_dir, prompt_template="Q: {question}")
+    with pytest.raises(ValueError, match=r"task.fewshot=9999 exceeds the 7473 problems of gsm8k's train split"):
+        load_task("gsm8k", split="test", data_dir=shared_data_dir, fewshot=9999)

@@ -2,6 +2,10 @@
 
 Every expression belongs to exactly one split by a stable hash of its text (1 in ``test_one_in``, default 5, to
 ``test``), so the train and test problem sets are disjoint by construction for every seed and size.
+
+Problems are drawn one after another from a generator seeded by the split and ``seed``: ``size`` problems are the
+first ``size`` of that stream (a larger size only appends problems). Few-shot examples are the first ``fewshot``
+problems of the train stream with their answers; a train-split task starts after them.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ import hashlib
 import operator
 import random
 
-from recipes.tasks.base import Problem, Task
+from recipes.tasks.base import Example, Problem, Task
 
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 SPLITS = ("train", "test")
+PLACEHOLDER = "{expression}"
 DEFAULT_TEMPLATE = "What is {expression}? Answer with just the number."
+DEFAULT_SIZE = 200
 DEFAULTS = {"digits": 1, "terms": 2, "operators": "+", "test_one_in": 5}
-OPTIONS = ("digits", "terms", "operators", "max_operand", "max_operands", "test_one_in", "system_prompt")
+OPTIONS = ("digits", "terms", "operators", "max_operand", "max_operands", "test_one_in")
 # Bounds that keep a problem a line of text a small model can read and the answer an exact Python int.
 MAX_DIGITS, MAX_TERMS = 18, 16
 
@@ -44,7 +50,7 @@ def load_arithmetic(
     max_operand: int | None = None,
     max_operands: list[int] | None = None,
     test_one_in: int = DEFAULTS["test_one_in"],
-    system_prompt: str | None = None,
+    fewshot: int = 0,
 ) -> Task:
     """``size`` problems (default 200) with ``terms`` operands in [0, max_operand] joined by ``operators``.
 
@@ -52,8 +58,7 @@ def load_arithmetic(
     digit counts (and problem sets large enough for a held-out split of hundreds of problems). ``test_one_in`` sets
     the held-out share: 2 puts half of all expressions in ``test`` (the same value must be used for both splits).
     ``max_operands`` bounds each operand position on its own (one entry per term, e.g. ``[9, 99]`` for one-digit
-    times two-digit products) and replaces ``max_operand``. ``system_prompt`` replaces the chat template's default
-    system turn (SmolLM2's is 16 tokens, a third of a short prompt: shorter prompts train and prefill faster).
+    times two-digit products) and replaces ``max_operand``.
     """
     if split not in SPLITS:
         raise ValueError(f"task.split must be one of {SPLITS} for arithmetic, got {split!r}")
@@ -66,26 +71,50 @@ def load_arithmetic(
     if isinstance(test_one_in, bool) or not isinstance(test_one_in, int) or test_one_in < 2:
         raise ValueError(f"task.test_one_in must be an int >= 2, got {test_one_in!r}")
     largest = 10**digits - 1 if max_operand is None else max_operand
-    bounds = _operand_bounds(max_operands, max_operand, terms) if max_operands is not None else [largest] * terms
     if terms < 2:
         raise ValueError(f"task.terms must be >= 2, got {terms!r}")
     if not operators or set(operators) - set(OPERATORS):
         raise ValueError(f"task.operators must be a non-empty string of {''.join(OPERATORS)}, got {operators!r}")
-    if system_prompt is not None and not isinstance(system_prompt, str):
-        raise ValueError(f"task.system_prompt must be a string, got {system_prompt!r}")
-    size = 200 if size is None else size
+    bounds = _operand_bounds(max_operands, max_operand, terms) if max_operands is not None else [largest] * terms
+    size = DEFAULT_SIZE if size is None else size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"task.size must be a positive int, got {size!r}")
-    ops_alphabet = sorted(set(operators))
+    if prompt_template is not None and PLACEHOLDER not in prompt_template:
+        raise ValueError(f"task.prompt_template for arithmetic must contain {PLACEHOLDER}, got {prompt_template!r}")
     template = prompt_template or DEFAULT_TEMPLATE
+
+    def stream(of_split: str, count: int) -> list[Problem]:
+        problems = _draw(of_split, count, seed, template, bounds, sorted(set(operators)), test_one_in)
+        if len(problems) < count:
+            asked = (f"task.fewshot={fewshot}" if of_split != split else f"task.size={size}"
+                     + (f" plus task.fewshot={fewshot}" if fewshot else ""))
+            raise ValueError(
+                f"{asked} exceeds the {len(problems)} distinct {of_split} problems at digits={digits}, terms={terms}, "
+                f"max_operand{'s' if max_operands is not None else ''}={bounds if max_operands is not None else largest}, "
+                f"test_one_in={test_one_in}; raise task.digits, task.max_operand or task.terms"
+            )
+        return problems
+
+    if split == "train":
+        drawn = stream("train", fewshot + size)
+        shots, problems = drawn[:fewshot], drawn[fewshot:]
+    else:
+        shots, problems = (stream("train", fewshot) if fewshot else []), stream(split, size)
+    return Task("arithmetic", problems, answer_alone=True,  # the prompt asks for just the number
+                fewshot=[Example(p.prompt, p.answer) for p in shots])
+
+
+def _draw(split: str, count: int, seed: int, template: str, bounds: list[int], ops_alphabet: list[str],
+          test_one_in: int) -> list[Problem]:
+    """Up to ``count`` distinct problems of ``split``, in the order the seeded generator yields them."""
     rng = random.Random(f"arithmetic/{split}/{seed}")
     seen: set[str] = set()
     problems = []
-    for _attempt in range(100 * size + 10_000):
-        if len(problems) == size:
+    for _attempt in range(100 * count + 10_000):
+        if len(problems) == count:
             break
         operands = [rng.randrange(bound + 1) for bound in bounds]
-        ops = [rng.choice(ops_alphabet) for _ in range(terms - 1)]
+        ops = [rng.choice(ops_alphabet) for _ in range(len(bounds) - 1)]
         expression = " ".join(f"{x} {o}" for x, o in zip(operands, ops)) + f" {operands[-1]}"
         if expression in seen or split_of(expression, test_one_in) != split:
             continue
@@ -93,18 +122,11 @@ def load_arithmetic(
         problems.append(
             Problem(
                 id=f"arith-{split}-{seed}-{len(problems):05d}",
-                prompt=template.replace("{expression}", expression),
+                prompt=template.replace(PLACEHOLDER, expression),
                 answer=str(_evaluate(operands, ops)),
             )
         )
-    if len(problems) < size:
-        raise ValueError(
-            f"task.size={size} exceeds the {len(problems)} distinct {split} problems at digits={digits}, "
-            f"terms={terms}, max_operand{'s' if max_operands is not None else ''}="
-            f"{bounds if max_operands is not None else largest}, test_one_in={test_one_in}; raise task.digits, "
-            "task.max_operand or task.terms"
-        )
-    return Task("arithmetic", problems, system_prompt=system_prompt, answer_alone=True)  # the prompt asks for just the number
+    return problems
 
 
 def _operand_bounds(max_operands, max_operand, terms) -> list[int]:

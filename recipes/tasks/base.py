@@ -1,13 +1,30 @@
-"""What a task is: problems (id, prompt, gold answer) and a verifier returning correctness and an answer key."""
+"""What a task is: problems (id, prompt, gold answer), how they are shown to a model, and a verifier returning
+correctness and an answer key.
+
+Prompt rendering (``Task.render``; the string sampled from, hashed into the records identity and stored per record):
+
+- with a chat template (``chat_template=True``, the default): the tokenizer's chat template over
+  ``Task.messages``: the system prompt (if any), the few-shot examples as user/assistant turns
+  (``fewshot_format="turns"``) or as plain text inside the user message (``"text"``), then the problem;
+- without one (``chat_template=False``, for base models and zero-RL): plain text, laid out as
+  lm-evaluation-harness does: the system prompt, each example as ``prompt + TARGET_DELIMITER + completion``, then
+  the problem's prompt, joined by ``FEWSHOT_DELIMITER``. A model's completion follows the prompt directly, so a
+  plain-text SFT target is ``TARGET_DELIMITER + target``, as in the examples.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recipes.tasks.answers import answer_key, answers_equivalent, cluster_keys, extract_answer
 
 ANSWER_MODES = ("flexible", "strict")
+SUBSETS = ("first", "random")
+FEWSHOT_FORMATS = ("turns", "text")
+FEWSHOT_DELIMITER = "\n\n"  # between examples (lm-evaluation-harness's default fewshot_delimiter)
+TARGET_DELIMITER = " "  # between an example's prompt and its completion (lm-evaluation-harness's target_delimiter)
 
 
 @dataclass(frozen=True)
@@ -16,6 +33,14 @@ class Problem:
     prompt: str
     answer: str
     solution: str | None = None  # a worked solution ending in the answer, where the dataset has one
+
+
+@dataclass(frozen=True)
+class Example:
+    """A worked few-shot example: a problem's prompt and the completion shown for it."""
+
+    prompt: str
+    completion: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,8 @@ class Task:
     last boxed expression, else the last number) or strict (boxed or an explicit final-answer statement only, and
     a completion that did not finish, ``finished=False``, has no answer and is wrong). ``answer_alone``: the prompts
     ask for just the answer, so strict mode also accepts a completion that is nothing but a number.
+    ``fewshot``, ``fewshot_format``, ``system_prompt`` and ``chat_template`` say how a problem is shown (see the
+    module docstring); ``data_sha256`` names the data behind the problems and examples by content.
     """
 
     name: str
@@ -40,11 +67,42 @@ class Task:
     system_prompt: str | None = None
     answer_template: str = "{answer}"  # how a bare gold answer is written as an SFT target, e.g. "\\boxed{{answer}}"
     answer_alone: bool = False
+    fewshot: list[Example] = field(default_factory=list)
+    fewshot_format: str = "turns"
+    chat_template: bool = True
+    data_sha256: dict[str, str] = field(default_factory=dict)
 
     def messages(self, problem: Problem) -> list[dict]:
         """Chat messages for ``problem`` (render with ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``)."""
         turns = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return [*turns, {"role": "user", "content": problem.prompt}]
+        if self.fewshot_format == "turns":
+            for example in self.fewshot:
+                turns += [{"role": "user", "content": example.prompt},
+                          {"role": "assistant", "content": example.completion}]
+            return [*turns, {"role": "user", "content": problem.prompt}]
+        return [*turns, {"role": "user", "content": FEWSHOT_DELIMITER.join([*self._examples_text(), problem.prompt])}]
+
+    def prompt_text(self, problem: Problem) -> str:
+        """The plain-text prompt of ``problem`` (no chat template): system prompt, examples, problem."""
+        parts = [self.system_prompt] if self.system_prompt else []
+        return FEWSHOT_DELIMITER.join([*parts, *self._examples_text(), problem.prompt])
+
+    def _examples_text(self) -> list[str]:
+        return [example.prompt + TARGET_DELIMITER + example.completion for example in self.fewshot]
+
+    def prompt(self, problem: Problem) -> list[dict] | str:
+        """What a TRL trainer receives as the prompt: chat messages, or the plain text without a chat template."""
+        return self.messages(problem) if self.chat_template else self.prompt_text(problem)
+
+    def completion(self, target: str) -> list[dict] | str:
+        """A TRL completion for ``target``: an assistant turn, or, as plain text, the target after the delimiter."""
+        return [{"role": "assistant", "content": target}] if self.chat_template else TARGET_DELIMITER + target
+
+    def render(self, problem: Problem, tokenizer) -> str:
+        """The exact string a model continues for ``problem`` (chat-templated with a generation prompt, or plain)."""
+        if not self.chat_template:
+            return self.prompt_text(problem)
+        return tokenizer.apply_chat_template(self.messages(problem), tokenize=False, add_generation_prompt=True)
 
     def extract(self, completion: str, *, strict: bool = False, finished: bool = True) -> str | None:
         """The final answer of ``completion`` as written, or None (nothing parses; strict: or it did not finish)."""
@@ -85,3 +143,16 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.problems)
+
+
+def select_subset(problems: list[Problem], size: int | None, subset: str, seed: int) -> list[Problem]:
+    """``size`` problems: the first ones (``subset="first"``) or a seeded random sample (``"random"``); all if None."""
+    if subset not in SUBSETS:
+        raise ValueError(f"task.subset must be one of {SUBSETS}, got {subset!r}")
+    if size is None:
+        return problems
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"task.size must be a positive int, got {size!r}")
+    if subset == "first":
+        return problems[:size]
+    return random.Random(seed).sample(problems, min(size, len(problems)))

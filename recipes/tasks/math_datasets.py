@@ -2,16 +2,21 @@
 
 Local layout (as in the project's offline copies): ``gsm8k/{train,test}.jsonl`` with ``question`` and ``final``;
 ``math/train.jsonl`` and ``math500/test.jsonl`` with ``problem``, ``answer``, ``level`` and ``unique_id``.
+
+Problems keep the rows' order; ``size`` takes the first ``size`` of them (``subset="first"``, the default, as
+lm-evaluation-harness's ``--limit``) or a random sample seeded by ``seed`` (``subset="random"``). Few-shot examples
+are the first ``fewshot`` problems of the train split (MATH's for MATH-500) with their worked solutions, never from
+the evaluated split; when the task's own split is train they are left out of its problems.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
-from recipes.tasks.base import Problem, Task
+from core.files import file_sha256
+from recipes.tasks.base import Example, Problem, Task, select_subset
 
 BOXED_INSTRUCTION = "\n\nPut your final answer within \\boxed{}."
 SOURCES = {
@@ -20,18 +25,22 @@ SOURCES = {
     "math": ("math/{split}.jsonl", "nlile/hendrycks-MATH-benchmark", None, ("train",)),
     "math500": ("math500/{split}.jsonl", "HuggingFaceH4/MATH-500", None, ("test",)),
 }
+FEWSHOT_SOURCE = {"gsm8k": "gsm8k", "math": "math", "math500": "math"}  # whose train split holds the examples
+PLACEHOLDER = "{problem}"
 
 
-def _read_rows(name: str, split: str, data_dir: str | Path | None) -> list[tuple[str, dict]]:
-    """``(where, row)`` pairs; ``where`` names the file and line (or the Hub row) for error messages."""
+def _read_rows(name: str, split: str, data_dir: str | Path | None) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """``(where, row)`` pairs and the data's identity; ``where`` names the file and line (or the Hub row) for error
+    messages. The identity maps the file (or Hub dataset) to its sha256 (or the ``datasets`` fingerprint)."""
     pattern, hub_id, hub_config, splits = SOURCES[name]
     if split not in splits:
         raise ValueError(f"task.split for {name} must be one of {splits}, got {split!r}")
     if data_dir is None:
         from datasets import load_dataset
 
-        return [(f"{hub_id} {split} row {i}", row)
-                for i, row in enumerate(load_dataset(hub_id, hub_config, split=split))]
+        dataset = load_dataset(hub_id, hub_config, split=split)
+        return ([(f"{hub_id} {split} row {i}", row) for i, row in enumerate(dataset)],
+                {f"{hub_id}:{split}": f"datasets-fingerprint:{dataset._fingerprint}"})
     path = Path(data_dir).expanduser() / pattern.format(split=split)
     if not path.is_file():
         raise FileNotFoundError(f"task.data_dir: {path} not found (expected {pattern.format(split=split)})")
@@ -52,7 +61,7 @@ def _read_rows(name: str, split: str, data_dir: str | Path | None) -> list[tuple
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             rows.append((where, row))
-    return rows
+    return rows, {pattern.format(split=split): file_sha256(path)}
 
 
 def _check_fields(name: str, where: str, row: dict) -> None:
@@ -90,18 +99,10 @@ def _solution(name: str, row: dict) -> str | None:
     return row.get("solution")
 
 
-def load_math_dataset(
-    name: str,
-    *,
-    split: str,
-    size: int | None = None,
-    seed: int = 0,
-    data_dir: str | Path | None = None,
-    levels: list[int] | None = None,
-    prompt_template: str | None = None,
-) -> Task:
-    """Rows as problems; ``levels`` filters MATH/MATH-500 by difficulty; ``size`` takes a seeded random subset."""
-    rows = _read_rows(name, split, data_dir)
+def dataset_problems(name: str, split: str, data_dir: str | Path | None, levels: list[int] | None,
+                     template: str) -> tuple[list[Problem], dict[str, str]]:
+    """Every usable row of a split as a problem, in file order, and the data's identity (see ``_read_rows``)."""
+    rows, identity = _read_rows(name, split, data_dir)
     for where, row in rows:
         _check_fields(name, where, row)
     if levels is not None:
@@ -109,19 +110,48 @@ def load_math_dataset(
             raise ValueError("task.levels applies to math and math500 only, not gsm8k")
         rows = [(where, r) for where, r in rows if _level(r) in set(levels)]
     text_field = "question" if name == "gsm8k" else "problem"
-    template = prompt_template or ("{problem}" + BOXED_INSTRUCTION)
     problems = []
     for i, (_, row) in enumerate(rows):
         gold = _gold(name, row)
         if not gold.strip():  # two MATH rows have an empty \boxed{}: nothing to check against
             continue
         problem_id = row.get("unique_id") or f"{name}-{split}-{i:05d}"
-        prompt = template.replace("{problem}", row[text_field])
+        prompt = template.replace(PLACEHOLDER, row[text_field])
         problems.append(Problem(problem_id, prompt, gold, _solution(name, row)))
+    return problems, identity
+
+
+def load_math_dataset(
+    name: str,
+    *,
+    split: str,
+    size: int | None = None,
+    subset: str = "first",
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    levels: list[int] | None = None,
+    prompt_template: str | None = None,
+    fewshot: int = 0,
+) -> Task:
+    """Rows as problems; ``levels`` filters MATH/MATH-500 by difficulty; ``size``/``subset``/``seed`` pick which
+    (module docstring); ``fewshot`` worked examples from the train split go with every prompt."""
+    if prompt_template is not None and PLACEHOLDER not in prompt_template:
+        raise ValueError(f"task.prompt_template for {name} must contain {PLACEHOLDER}, got {prompt_template!r}")
+    template = prompt_template or (PLACEHOLDER + BOXED_INSTRUCTION)
+    problems, identity = dataset_problems(name, split, data_dir, levels, template)
+    examples: list[Example] = []
+    if fewshot:
+        source = FEWSHOT_SOURCE[name]
+        pool, pool_identity = (problems, identity) if (source, "train") == (name, split) else dataset_problems(
+            source, "train", data_dir, levels, template)
+        shots = pool[:fewshot]
+        if len(shots) < fewshot:
+            raise ValueError(f"task.fewshot={fewshot} exceeds the {len(pool)} problems of {source}'s train split")
+        examples = [Example(p.prompt, p.solution or f"\\boxed{{{p.answer}}}") for p in shots]
+        shot_ids = {p.id for p in shots}
+        problems = [p for p in problems if p.id not in shot_ids]  # an example is never its own question
+        identity = {**identity, **pool_identity}
     if not problems:
         raise ValueError(f"task {name!r} (split {split!r}, levels {levels}) has no problems")
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"task.size must be a positive int, got {size!r}")
-        problems = random.Random(seed).sample(problems, min(size, len(problems)))
-    return Task(name, problems, answer_template="\\boxed{{answer}}")
+    problems = select_subset(problems, size, subset, seed)
+    return Task(name, problems, answer_template="\\boxed{{answer}}", fewshot=examples, data_sha256=identity)
