@@ -134,5 +134,6 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     for rank in (0, 1):
         got = torch.load(two / f"sft_grads_{rank}.pt")
         assert got.keys() == expected.keys()
-        for name, grad in expected.items():
-            torch.testing.assert_close(got[name], grad, rtol=1e-6, atol=1e-9, msg=name)
+        for name, grad in expected.items():  # to the float32 rounding of TRL's fused LM head (CPU-dependent)
+            scale = grad.abs().max().item()
+            torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=name)

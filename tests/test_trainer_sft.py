@@ -154,7 +154,9 @@ def _first_step_grads(tmp_path, trainer_cls=CATSFTTrainer, config_cls=None, data
 
 @pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean"])
 def test_gradient_does_not_depend_on_the_micro_batch_split(tmp_path, reduction):
-    # 3 examples of unequal length: one micro-batch of 3, or 2 + 1, or 1 + 1 + 1 accumulated
+    # 3 examples of unequal length: one micro-batch of 3, or 2 + 1, or 1 + 1 + 1 accumulated. TRL's fused LM head
+    # keeps float32 softmax statistics in this float64 model, so splits agree to float32 rounding (~1e-7 of the
+    # largest entry, CPU-dependent), far inside the 17% a per-micro-batch normaliser gives.
     cat = {"cat_strategy": "passn", "cat_n": 4, "cat_reduction": reduction}
     _, whole = _first_step_grads(tmp_path / "a", per_device_train_batch_size=3, **cat)
     for batch, steps in ((2, 2), (1, 3)):
@@ -162,7 +164,8 @@ def test_gradient_does_not_depend_on_the_micro_batch_split(tmp_path, reduction):
                                      gradient_accumulation_steps=steps, **cat)
         assert split.keys() == whole.keys()
         for name, grad in whole.items():
-            torch.testing.assert_close(split[name], grad, rtol=1e-6, atol=1e-9, msg=f"{batch}x{steps} {name}")
+            scale = grad.abs().max().item()
+            torch.testing.assert_close(split[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=f"{batch}x{steps} {name}")
 
 
 def test_baseline_is_trl_sft_with_its_metrics(tmp_path):
