@@ -37,7 +37,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The offline copies of GSM8K / MATH / MATH-500 (``../shared/data``, or ``$CATPOT_SHARED_DATA``)."""
+    """The offline copies of GSM8K / MATH / MATH-500 (``$CATPOT_SHARED_DATA``, default ``../shared/data`` beside the repository)."""
     path = Path(os.environ.get("CATPOT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")

@@ -86,7 +86,7 @@ def test_passn_weights_with_rational_p_are_exact_to_rounding():
 
 
 def test_paper_value_table_recomputed():
-    """cat_paper.md §2: pass@N SFT weights for N = 4/16/64 (two decimals as printed there)."""
+    """CAT paper Table 1: pass@N SFT weights for N = 4/16/64 (two decimals as printed there)."""
     for p, expected in {0.01: (0.985, 0.926, 0.716), 0.1: (0.848, 0.404, 0.008), 0.5: (0.267, 2e-4, 0)}.items():
         got = [float(obj.passn_sft_weight(p, n)) for n in (4, 16, 64)]
         assert got == pytest.approx(expected, abs=6e-4)

@@ -1,5 +1,5 @@
-"""cat.objectives against every cell of cat_paper.md §2's value tables and its majority "spotlight" peaks, with the
-references recomputed in mpmath (no numbers copied from the paper notes or from the code)."""
+"""cat.objectives against every cell of the CAT paper's Table 1 weight values and its majority "spotlight" peaks,
+with the references recomputed in mpmath (no numbers copied from the paper or from the code)."""
 
 from __future__ import annotations
 

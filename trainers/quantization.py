@@ -19,8 +19,8 @@ def nf4_config(compute_dtype: torch.dtype = torch.bfloat16) -> BitsAndBytesConfi
 def refuse_gguf_quantized(model) -> None:
     """Refuse a model that transformers loaded from GGUF: it stays flagged as quantized even though dequantised.
 
-    Such a model cannot be trained or saved (train_stack.md §5.1); rebuild it as a plain model first
-    (``recipes.models`` does).
+    Such a model cannot be trained or saved: transformers' ``Trainer`` refuses a quantized model without adapters,
+    and ``save_pretrained`` keeps the GGUF flag. Rebuild it as a plain model first (``recipes.models`` does).
     """
     config = getattr(model, "config", None)
     quantization = getattr(config, "quantization_config", None)
@@ -36,7 +36,8 @@ def disable_cpu_4bit_repack(model: torch.nn.Module) -> int:
     """Stop bnb from repacking 4-bit weights on an eval-mode CPU forward; returns the number of layers changed.
 
     On AVX512-BF16 CPUs an eval-mode ``Linear4bit`` forward repacks its weight for the fused ``gemv_4bit`` op, which
-    has no autograd kernel: later training silently loses gradients (train_stack.md §3.2). Call before any eval.
+    has no autograd kernel: later training silently loses gradients (bitsandbytes 0.50 ``Linear4bit.forward``, the
+    ``support_avx512bf16_for_cpu`` branch). Call before any eval.
     """
     import bitsandbytes as bnb
 
