@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from recipes.eval_command import EvalConfig
+from trainers.cat_args import CATGRPOArgs, CATSFTArgs, cat_field_names
 
 
 @dataclass
@@ -77,43 +78,37 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-GRPO_ONLY = ("cat_weight_form", "cat_p_estimator", "cat_clip", "cat_normalize", "cat_all_wrong_penalty",
-             "cat_quantile", "cat_history_size")
-SFT_ONLY = ("cat_reduction", "sft_target")
-
-
 @dataclass
-class TrainConfig:
-    """``train``: the algorithm, the ``cat_*`` fields of ``CATGRPOConfig``/``CATSFTConfig`` and raw TRL arguments.
+class TrainConfig(CATGRPOArgs, CATSFTArgs):
+    """``train``: the algorithm, the ``cat_*`` fields of the trainer configs and raw TRL arguments.
 
-    The ``cat_*`` fields keep the trainer configs' names and defaults and are validated by them (see ``trainers``);
-    ``sft_target`` picks the SFT completion: the gold ``answer`` or the worked ``solution`` (MATH, GSM8K).
+    The ``cat_*`` fields are ``CATGRPOArgs``' and ``CATSFTArgs``' own (names, defaults, checks; see ``trainers``), so
+    every one of them is a recipe field; ``sft_target`` picks the SFT completion: the gold ``answer`` or the worked
+    ``solution`` (MATH, GSM8K). ``trl`` goes verbatim to TRL's ``GRPOConfig``/``SFTConfig``.
     """
 
     algorithm: Literal["grpo", "sft"] = "grpo"
-    cat_strategy: str = "none"
-    cat_n: int = 1
-    cat_k: int | Literal["dynamic"] | None = None
-    cat_weight_form: str = "log"
-    cat_p_estimator: str = "laplace"
-    cat_clip: float | None = None
-    cat_normalize: bool = True
-    cat_all_wrong_penalty: float = 0.0
-    cat_quantile: str = "within_prompt"
-    cat_history_size: int = 4000
-    cat_reduction: str = "sequence_mean"
     sft_target: Literal["answer", "solution"] = "answer"
     trl: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.cat_fields()
+
     def cat_fields(self) -> dict[str, Any]:
-        """The ``cat_*`` keyword arguments of this algorithm's trainer config; a field of the other one is an error."""
-        foreign, own = (SFT_ONLY, GRPO_ONLY) if self.algorithm == "grpo" else (GRPO_ONLY, SFT_ONLY)
-        defaults = TrainConfig()
-        for name in foreign:
-            if getattr(self, name) != getattr(defaults, name):
-                raise ValueError(f"train.{name} does not apply to algorithm {self.algorithm!r}, got {getattr(self, name)!r}")
-        names = ("cat_strategy", "cat_n", "cat_k", *own)
-        return {name: getattr(self, name) for name in names if name.startswith("cat_")}
+        """The ``cat_*`` keyword arguments of this algorithm's trainer config, checked by its args class; a field
+        only the other algorithm has, set away from its default, is an error."""
+        own_cls = CATGRPOArgs if self.algorithm == "grpo" else CATSFTArgs
+        own = cat_field_names(own_cls)
+        for name in cat_field_names(CATSFTArgs if own_cls is CATGRPOArgs else CATGRPOArgs):
+            if name not in own and getattr(self, name) != getattr(TrainConfig, name):
+                raise ValueError(f"train.{name} does not apply to algorithm {self.algorithm!r}, "
+                                 f"got {getattr(self, name)!r}")
+        values = {name: getattr(self, name) for name in own}
+        try:
+            own_cls(**values).validate_cat_fields()
+        except ValueError as error:
+            raise ValueError(f"train.{error}") from None
+        return values
 
 
 @dataclass
@@ -163,14 +158,6 @@ class Recipe:
     def __post_init__(self) -> None:
         if not self.output_dir.strip():
             raise ValueError(f"output_dir must be a non-empty path, got {self.output_dir!r}")
-        if self.train.cat_n < 1:
-            raise ValueError(f"train.cat_n must be >= 1, got {self.train.cat_n}")
-        k = self.train.cat_k
-        if isinstance(k, int) and not 1 <= k <= self.train.cat_n:
-            raise ValueError(f"train.cat_k must be in [1, train.cat_n={self.train.cat_n}], got {k}")
-        if k == "dynamic" and self.train.cat_n < 2:
-            raise ValueError(f"train.cat_k='dynamic' needs train.cat_n >= 2, got train.cat_n={self.train.cat_n}")
-        self.train.cat_fields()
 
 
 def _closest(key: str, valid: list[str]) -> str:

@@ -79,3 +79,29 @@ def test_override_without_equals():
 @given(st.integers(min_value=1, max_value=10**6))
 def test_int_override_coerces(n):
     assert recipe_from_dict({}, [f"train.cat_n={n}"]).train.cat_n == n
+
+
+# A non-default value for every CAT field; a field added to the trainer args without one fails the test below.
+NON_DEFAULT = {
+    "grpo": {"cat_strategy": "majority", "cat_n": 8, "cat_k": 3, "cat_weight_form": "raw", "cat_p_estimator": "empirical",
+             "cat_clip": 5.0, "cat_normalize": False, "cat_all_wrong_penalty": 0.5, "cat_quantile": "history",
+             "cat_history_size": 16, "cat_correct_threshold": 0.75},
+    "sft": {"cat_strategy": "majority", "cat_n": 8, "cat_k": 3, "cat_reduction": "token_mean"},
+}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "sft"])
+def test_every_cat_field_reaches_the_trainer_config_from_a_recipe(algorithm):
+    from recipes.train import trainer_config
+    from trainers.cat_args import CATGRPOArgs, CATSFTArgs, cat_field_names
+
+    args_cls = CATGRPOArgs if algorithm == "grpo" else CATSFTArgs
+    values = NON_DEFAULT[algorithm]
+    assert sorted(values) == sorted(cat_field_names(args_cls))
+    assert all(values[name] != getattr(args_cls, name) for name in values)
+    overrides = [f"train.algorithm={algorithm}", "train.trl.per_device_train_batch_size=8",
+                 *(f"train.{name}={value}" for name, value in values.items())]
+    if algorithm == "grpo":
+        overrides.append("train.trl.num_generations=4")
+    config = trainer_config(recipe_from_dict({}, overrides))
+    assert {name: getattr(config, name) for name in values} == values

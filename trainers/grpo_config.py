@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trl import GRPOConfig
 
-from cat.estimators import P_ESTIMATORS
+from trainers.cat_args import CATGRPOArgs
 
-GRPO_STRATEGIES = ("none", "passn", "majority", "best_of_n", "pkpo", "passk_advantage")
-WEIGHT_FORMS = ("log", "raw")
-QUANTILES = ("within_prompt", "history")
 PER_PROMPT = ("empirical", "laplace")  # p̂ estimators that give one value per prompt
 
 
 @dataclass
-class CATGRPOConfig(GRPOConfig):
-    """GRPO whose advantages are reweighted (or replaced) for a test-time strategy (CAT, arXiv:2604.24957 §5)."""
-
-    cat_strategy: str = field(default="none", metadata={"help": f"One of {GRPO_STRATEGIES}."})
-    cat_n: int = field(default=1, metadata={"help": "Test-time budget N >= 1 (k of pass@k for pkpo/passk_advantage)."})
-    cat_k: int | str | None = field(
-        default=None, metadata={"help": "Majority threshold: int in [1, N], 'dynamic', or None for ⌊N/2⌋+1."}
-    )
-    cat_weight_form: str = field(default="log", metadata={"help": "'log' = p·f′/f, 'raw' = f′."})
-    cat_p_estimator: str = field(
-        default="laplace",
-        metadata={
-            "help": f"One of {P_ESTIMATORS}: per prompt from the group's correct count, or per sample from the old "
-            "policy's sequence log-probability (summed, or averaged over the completion's tokens)."
-        },
-    )
-    cat_clip: float | None = field(default=None, metadata={"help": "Cap on raw weights before normalisation."})
-    cat_normalize: bool = field(default=True, metadata={"help": "Mean 1 over the distinct prompts of the batch."})
-    cat_all_wrong_penalty: float = field(
-        default=0.0,
-        metadata={
-            "help": "Subtracted from the advantage of every rollout of a prompt whose rollouts are all wrong, before "
-            "the CAT weight multiplies it (CAT repo rl.py; 0.5 in the paper's majority presets, App. K)."
-        },
-    )
-    cat_quantile: str = field(default="within_prompt", metadata={"help": f"Best-of-N quantiles: one of {QUANTILES}."})
-    cat_history_size: int = field(default=4000, metadata={"help": "Reward history length for cat_quantile='history'."})
-    cat_correct_threshold: float = field(
-        default=0.5,
-        metadata={
-            "help": "A completion counts as correct when its weighted reward sum is >= this. The p̂ estimators, the "
-            "pass@k credits and the all-wrong penalty need a 0/1 success flag, while the rewards may be a weighted "
-            "sum of several functions (e.g. correctness plus a format bonus); 0.5 splits plain 0/1 rewards."
-        },
-    )
+class CATGRPOConfig(GRPOConfig, CATGRPOArgs):
+    """TRL's ``GRPOConfig`` with the CAT fields of ``CATGRPOArgs`` (CAT, arXiv:2604.24957 §5)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,35 +35,7 @@ class CATGRPOConfig(GRPOConfig):
                     f"must be a multiple of num_generations_eval={self.num_generations_eval}: an evaluation batch "
                     "holds whole prompt groups"
                 )
-        if self.cat_strategy not in GRPO_STRATEGIES:
-            raise ValueError(f"cat_strategy must be one of {GRPO_STRATEGIES}, got {self.cat_strategy!r}")
-        if isinstance(self.cat_n, bool) or not isinstance(self.cat_n, int) or self.cat_n < 1:
-            raise ValueError(f"cat_n must be an int >= 1, got {self.cat_n!r}")
-        if self.cat_k == "dynamic":
-            if self.cat_n < 2:
-                raise ValueError(f"cat_k='dynamic' needs cat_n >= 2, got cat_n={self.cat_n!r}")
-        elif self.cat_k is not None and (
-            isinstance(self.cat_k, bool) or not isinstance(self.cat_k, int) or not 1 <= self.cat_k <= self.cat_n
-        ):
-            raise ValueError(f"cat_k must be None, 'dynamic' or an int in [1, cat_n={self.cat_n}], got {self.cat_k!r}")
-        if self.cat_weight_form not in WEIGHT_FORMS:
-            raise ValueError(f"cat_weight_form must be one of {WEIGHT_FORMS}, got {self.cat_weight_form!r}")
-        if self.cat_strategy == "best_of_n" and self.cat_weight_form == "log":
-            raise ValueError("cat_weight_form='log' is undefined for cat_strategy='best_of_n'; use 'raw'")
-        if self.cat_p_estimator not in P_ESTIMATORS:
-            raise ValueError(f"cat_p_estimator must be one of {P_ESTIMATORS}, got {self.cat_p_estimator!r}")
-        if self.cat_clip is not None and not (_is_finite_real(self.cat_clip) and self.cat_clip > 0):
-            raise ValueError(f"cat_clip must be None or a finite number > 0, got {self.cat_clip!r}")
-        if not isinstance(self.cat_normalize, bool):
-            raise ValueError(f"cat_normalize must be a bool, got {self.cat_normalize!r}")
-        if not _is_finite_real(self.cat_all_wrong_penalty) or self.cat_all_wrong_penalty < 0:
-            raise ValueError(f"cat_all_wrong_penalty must be a finite number >= 0, got {self.cat_all_wrong_penalty!r}")
-        if not _is_finite_real(self.cat_correct_threshold):
-            raise ValueError(f"cat_correct_threshold must be a finite number, got {self.cat_correct_threshold!r}")
-        if self.cat_quantile not in QUANTILES:
-            raise ValueError(f"cat_quantile must be one of {QUANTILES}, got {self.cat_quantile!r}")
-        if isinstance(self.cat_history_size, bool) or not isinstance(self.cat_history_size, int) or self.cat_history_size < 1:
-            raise ValueError(f"cat_history_size must be an int >= 1, got {self.cat_history_size!r}")
+        self.validate_cat_fields()
         self._validate_batch_sizes()
 
     def _validate_batch_sizes(self) -> None:
@@ -129,6 +64,3 @@ class CATGRPOConfig(GRPOConfig):
                 f"rollouts per evaluation prompt), got {self.cat_n!r}"
             )
 
-
-def _is_finite_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
