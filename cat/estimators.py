@@ -43,6 +43,8 @@ __all__ = [
     "laplace",
     "sequence",
     "length_normalized",
+    "PER_PROMPT_ESTIMATORS",
+    "PER_SAMPLE_ESTIMATORS",
     "P_ESTIMATORS",
     "dynamic_majority_k",
     "within_prompt_quantiles",
@@ -370,7 +372,9 @@ def length_normalized(logp_sum, lengths) -> torch.Tensor:
     return _clamped_probability(logp_sum / lengths)
 
 
-P_ESTIMATORS = ("laplace", "empirical", "sequence", "length_normalized")
+PER_PROMPT_ESTIMATORS = ("laplace", "empirical")  # one p̂ per prompt, from its group's correct count
+PER_SAMPLE_ESTIMATORS = ("sequence", "length_normalized")  # one p̂ per completion, from its log-probability
+P_ESTIMATORS = PER_PROMPT_ESTIMATORS + PER_SAMPLE_ESTIMATORS
 
 
 # ----------------------------------------------------------------------------------------------- majority: dynamic k

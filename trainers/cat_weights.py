@@ -17,19 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
 from cat import estimators, objectives
+from cat.estimators import PER_PROMPT_ESTIMATORS, PER_SAMPLE_ESTIMATORS
 from cat.alignment import alignment_coefficient
 from cat.operators import BestOfN, MajorityVote, PassAtN
+from trainers.cat_args import WEIGHT_FORMS
 
 WeightFn = Callable[[torch.Tensor], torch.Tensor]
 
 STRATEGIES = ("none", "passn", "majority", "best_of_n")
-PER_PROMPT_ESTIMATORS = ("empirical", "laplace")
-PER_SAMPLE_ESTIMATORS = ("sequence", "length_normalized")
 P_FLOOR = 1e-10  # the lower clamp of the per-sample p̂ estimators (CAT App. J)
 
 
@@ -79,7 +78,8 @@ def _majority_weight_fn(operator: MajorityVote, k_points: torch.Tensor, form: st
         out = torch.empty_like(p, dtype=torch.float64)
         for k in k_points.unique().tolist():
             chosen = k_points == k
-            out[chosen] = operator.rl_weight(p[chosen], form=form, k=int(k))
+            rl_weight = operator.log_rl_weight if form == "log" else operator.rl_weight
+            out[chosen] = rl_weight(p[chosen], k=int(k))
         return out
 
     return weight
@@ -148,6 +148,8 @@ def compute_cat_weights(
         return CATWeights(scored.double(), scored, p_hat, None, None)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if form not in WEIGHT_FORMS:  # best_of_n has its rank weight alone, whatever the form
+        raise ValueError(f"form must be one of {WEIGHT_FORMS}, got {form!r}")
     per_sample = strategy == "best_of_n" or p_estimator in PER_SAMPLE_ESTIMATORS
     counted = scored & trainable if per_sample else scored
     _check_finite(rewards, "rewards", prompts, counted)
@@ -163,13 +165,14 @@ def compute_cat_weights(
             points[counted] = history.quantiles(rewards[counted])
         else:
             points = estimators.within_prompt_quantiles(rewards, scored)
-        weight = test = partial(BestOfN(n).rl_weight, form="raw")
+        weight = test = BestOfN(n).rl_weight
         p_hat = estimators.empirical(correct[rated], scored[rated])
     else:
         points = _estimate_p(p_estimator, correct, scored, rated, logp_sum, lengths)
         if strategy == "passn":
-            weight = partial(PassAtN(n).rl_weight, form=form)
-            test = partial(PassAtN(n).rl_weight, form="raw")
+            operator = PassAtN(n)
+            weight = operator.log_rl_weight if form == "log" else operator.rl_weight
+            test = operator.rl_weight
         else:
             operator = MajorityVote(n, None if k == "dynamic" else k)
             if k == "dynamic":

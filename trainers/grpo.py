@@ -12,8 +12,8 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from cat.estimators import RewardHistory, passk_training_advantage, pkpo_sloo_minus_one
-from trainers.cat_weights import P_FLOOR, PER_SAMPLE_ESTIMATORS, CATWeights, compute_cat_weights
+from cat.estimators import PER_SAMPLE_ESTIMATORS, RewardHistory, passk_training_advantage, pkpo_sloo_minus_one
+from trainers.cat_weights import P_FLOOR, CATWeights, compute_cat_weights
 from trainers.checkpointing import load_cat_state, save_cat_state
 from trainers.grpo_config import CATGRPOConfig
 from trainers.quantization import disable_cpu_4bit_repack, refuse_gguf_quantized
@@ -111,13 +111,15 @@ class CATGRPOTrainer(GRPOTrainer):
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         lengths = self.accelerator.gather(loss_mask.sum(dim=1)).double().cpu().view(-1, m)
         logp_sum = self._old_sequence_logps(output, loss_mask, m, mode) if self._needs_sequence_logps else None
-        cat_weights, replacement = self._cat_factor(
-            prompts[::m], completions, rewards, correct, scored, lengths > 0, m, mode, logp_sum, lengths
-        )
         # TRL's advantages of the whole batch, in rollout order (each process holds a contiguous slice)
         advantages = self.accelerator.gather(output["advantages"]).double().cpu().view(-1, m)
-        if replacement is not None:
-            advantages = replacement
+        cat_weights = None
+        if self.args.cat_strategy in ("pkpo", "passk_advantage"):
+            advantages = self._pass_at_k_advantages(rewards, correct, scored)
+        elif self.args.cat_strategy != "none":
+            cat_weights = self._cat_weights(
+                prompts[::m], completions, rewards, correct, scored, lengths > 0, m, mode, logp_sum, lengths
+            )
         if self.args.cat_all_wrong_penalty > 0:
             unsolved = scored.any(dim=1, keepdim=True) & (correct.sum(dim=1, keepdim=True) == 0)
             advantages = advantages - self.args.cat_all_wrong_penalty * (unsolved & scored).double()
@@ -161,15 +163,11 @@ class CATGRPOTrainer(GRPOTrainer):
         logp_sum = (per_token * loss_mask).sum(dim=1)
         return self.accelerator.gather(logp_sum).double().cpu().view(-1, m)
 
-    def _cat_factor(
+    def _cat_weights(
         self, group_prompts, completions, rewards, correct, scored, trainable, m, mode, logp_sum=None, lengths=None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(CAT weights, replacement advantages), each of shape (groups, m) or None; all-wrong penalty not included."""
+    ) -> torch.Tensor:
+        """The CAT weights that multiply the advantages, shape (groups, m), for passn / majority / best_of_n."""
         args = self.args
-        if args.cat_strategy == "none":
-            return None, None
-        if args.cat_strategy in ("pkpo", "passk_advantage"):
-            return None, self._pass_at_k_advantages(rewards, correct, scored)
         answer_keys = None
         if args.cat_strategy == "majority" and args.cat_k == "dynamic":  # the only consumer of answer clusters
             answer_keys = [self._answer_keys(completions[g * m : (g + 1) * m], scored[g]) for g in range(len(scored))]
@@ -195,7 +193,7 @@ class CATGRPOTrainer(GRPOTrainer):
         if args.cat_strategy == "best_of_n" and args.cat_quantile == "history" and mode == "train":
             self.cat_history.append(rewards[scored])
         self._log_weights(result, mode)
-        return result.weights, None
+        return result.weights
 
     def _answer_keys(self, group_completions: list, group_scored: torch.Tensor) -> list[Hashable | None]:
         chosen = [c for c, ok in zip(group_completions, group_scored.tolist()) if ok]
