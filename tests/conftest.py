@@ -37,7 +37,8 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The offline copies of GSM8K / MATH / MATH-500 (``$CATPOT_SHARED_DATA``, default ``../shared/data`` beside the repository)."""
+    """The offline copies of GSM8K / MATH / MATH-500: ``$CATPOT_SHARED_DATA``, else ``../shared/data`` beside the
+    repository."""
     path = Path(os.environ.get("CATPOT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
