@@ -2,8 +2,16 @@
 
 For a target projection W (d_in → d_out) and the slot s(b) of batch row b, the output becomes
     y_b = W x_b + (alpha / r) · x_b A_{s(b)} B_{s(b)},   A ∈ R^{S×d_in×r}, B ∈ R^{S×r×d_out}
-(LoRA, Hu et al. 2021, with one (A, B) pair per slot: pot_anchors.md §3.2). B starts at zero so every slot is a
-no-op until its first update. The base module is never modified: the delta is added by a forward hook.
+(LoRA, Hu et al. 2021, with one (A, B) pair per slot, the transient per-problem adapter of Policy of Thoughts,
+arXiv 2601.20379). B starts at zero so every slot is a no-op until its first update. The base module is never
+modified: the delta is added by a forward hook.
+
+Precision: the adapted projection is computed in float32 and rounded to the model's dtype once,
+y = round(W x + delta) with W x, delta and the sum in float32. Adding delta to the bf16 output round(W x) would lose
+every delta below half an ulp of it (|delta| / |W x| ≲ 2e-3 in bf16, where a first update usually is), whereas a
+single rounding keeps it on average. A plain ``nn.Linear`` in a low-precision dtype is recomputed in float32 for
+this (its own output is discarded while a slot is active); other projections (4-bit, peft-wrapped) add the float32
+delta to their output (y = round(output.float() + delta)).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 QUERY_NAMES = ("q_proj", "query", "wq")
@@ -39,6 +48,35 @@ def find_attention_projections(model: nn.Module) -> list[tuple[str, nn.Module, n
     return found
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` itself (not a quantised or wrapped subclass) with a floating-point weight W (d_out × d_in)."""
+    weight = getattr(module, "weight", None)
+    return (type(module) is nn.Linear and weight is not None and weight.dtype.is_floating_point
+            and tuple(weight.shape) == (module.out_features, module.in_features))
+
+
+@torch.no_grad()
+def projection_norm(module: nn.Module, chunk: int = 1024) -> float:
+    """||W||_F of a linear projection x ↦ W x + b as the module computes it.
+
+    A plain floating-point ``nn.Linear`` reads its weight; any other (4-bit, peft-wrapped with unmerged LoRA) is
+    probed with the identity: module(I) − module(0) = Wᵀ exactly, in chunks of ``chunk`` rows.
+    """
+    if _plain_linear(module):
+        return float(module.weight.detach().double().norm())
+    param = next(module.parameters())
+    dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+    dtype = getattr(module, "compute_dtype", None) or dtype
+    zero = module(torch.zeros(1, module.in_features, device=param.device, dtype=dtype)).double()
+    total = 0.0
+    for start in range(0, module.in_features, chunk):
+        rows = torch.arange(start, min(start + chunk, module.in_features), device=param.device)
+        eye = torch.zeros(len(rows), module.in_features, device=param.device, dtype=dtype)
+        eye[torch.arange(len(rows)), rows] = 1
+        total += float((module(eye).double() - zero).square().sum())
+    return total**0.5
+
+
 @dataclass
 class AdapterTarget:
     """One adapted projection: its module path, the stacked factors, and the hook handle."""
@@ -47,6 +85,7 @@ class AdapterTarget:
     module: nn.Module
     A: nn.Parameter
     B: nn.Parameter
+    weight_norm: float  # ||W||_F of the projection as it computes (dequantised, peft adapters included)
 
 
 class SlotAdapterBank(nn.Module):
@@ -91,7 +130,7 @@ class SlotAdapterBank(nn.Module):
                 A = nn.Parameter(torch.zeros(num_slots, proj.in_features, rank, device=device, dtype=dtype))
                 B = nn.Parameter(torch.zeros(num_slots, rank, proj.out_features, device=device, dtype=dtype))
                 self.factors.extend([A, B])
-                self.adapted.append(AdapterTarget(f"{name}.{kind}", proj, A, B))
+                self.adapted.append(AdapterTarget(f"{name}.{kind}", proj, A, B, projection_norm(proj)))
         self.active_slots: torch.Tensor | None = None
         self._handles = [t.module.register_forward_hook(self._hook_for(t)) for t in self.adapted]
         self.reset(torch.arange(num_slots))
@@ -101,9 +140,12 @@ class SlotAdapterBank(nn.Module):
             slots = self.active_slots
             if slots is None:
                 return None
-            x = inputs[0].to(target.A.dtype)
-            delta = torch.bmm(torch.bmm(x, target.A[slots]), target.B[slots]) * self.scaling
-            return output + delta.to(output.dtype)
+            x = inputs[0].float()
+            delta = torch.bmm(torch.bmm(x, target.A[slots].float()), target.B[slots].float()) * self.scaling
+            if output.dtype != torch.float32 and _plain_linear(module):
+                bias = None if module.bias is None else module.bias.float()
+                return (F.linear(x, module.weight.float(), bias) + delta).to(output.dtype)
+            return (output.float() + delta).to(output.dtype)
 
         return hook
 
@@ -135,13 +177,22 @@ class SlotAdapterBank(nn.Module):
         return total.sqrt()
 
     @torch.no_grad()
-    def cap_norm(self, slots: torch.Tensor, max_norm: float) -> torch.Tensor:
-        """Rescale B of every slot whose adapter norm exceeds ``max_norm`` (ΔW is linear in B); return the norms."""
-        norms = self.adapter_norm(slots)
-        factor = (max_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+    def cap_relative_norm(self, slots: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per adapted projection t and slot s, rescale B so that ||(alpha/r) A_s B_s||_F ≤ rho·||W_t||_F (ΔW is
+        linear in B); return every slot's adapter norm after the cap and how many of its projections were clipped."""
+        total = torch.zeros(len(slots), device=self.factors[0].device, dtype=torch.float32)
+        clipped = torch.zeros(len(slots), dtype=torch.long, device=total.device)
         for t in self.adapted:
-            t.B[slots] = t.B[slots] * factor.view(-1, 1, 1).to(t.B)
-        return torch.minimum(norms, torch.full_like(norms, max_norm))
+            A, B = t.A[slots].float(), t.B[slots].float()
+            norms = ((A.transpose(1, 2) @ A) * (B @ B.transpose(1, 2))).sum(dim=(1, 2)).clamp_min(0).sqrt()
+            norms = norms * self.scaling
+            limit = rho * t.weight_norm
+            over = norms > limit
+            factor = torch.where(over, limit / norms.clamp_min(1e-30), torch.ones_like(norms))
+            t.B[slots] = (B * factor.view(-1, 1, 1)).to(t.B)
+            total += torch.minimum(norms, torch.full_like(norms, limit)).square()
+            clipped += over.long()
+        return total.sqrt(), clipped
 
     @contextmanager
     def use(self, slots: torch.Tensor | None) -> Iterator[None]:

@@ -8,22 +8,31 @@ from dataclasses import dataclass
 TARGETS = ("q", "qv")
 REWARDS = ("self", "verifier", "majority", "random")
 BASELINES = ("ema", "group")
+WINDOWS = ("segment", "context")
 
 
 @dataclass
 class PoTConfig:
-    """Transient per-request LoRA, REINFORCE on the model's own segments (issue 7).
+    """Transient per-request LoRA, REINFORCE on the model's own segments (after Policy of Thoughts, arXiv 2601.20379).
 
-    Defaults follow the PoT brief where it is sound: rank 8, alpha 16 (scaling alpha/r), q and v of every 4th layer,
-    128-token segments, at most 16 updates, Adam(lr 3e-4, betas (0.9, 0.95)), per-slot gradient clip 1.0 and
-    adapter-norm cap 2.0, an EMA reward baseline with decay 0.9.
+    Defaults: rank 8, alpha 16 (scaling alpha/r), q and v of every 4th layer, 128-token segments, at most 16 updates,
+    Adam(lr 3e-4, betas (0.9, 0.95)), per-slot gradient clip 1.0, an EMA reward baseline with decay 0.9.
 
-    Baselines: ``"ema"`` is the brief's single-sample REINFORCE, advantage r − b with b an EMA of the request's
-    rewards; ``"group"`` samples ``group_size`` G ≥ 2 continuations of every segment from the same context and
-    adapter, advantage r_g − mean_g(r) on each, and updates on all G (REINFORCE with a group-mean baseline; the
-    published PoT used G = 3 and found one sample weak, pot_anchors.md §1.1). The first continuation is the one that
-    is kept, so the output is an ordinary policy sample, not a best-of-G pick. ``reward="majority"`` also samples G
-    continuations.
+    Adapter cap: after every step each adapted projection's ΔW = (alpha/r)·A·B is rescaled to
+    ||ΔW||_F ≤ ``max_relative_norm``·||W||_F (W the projection's weight as it computes); the trace counts the updates
+    where it binds.
+
+    Baselines: ``"ema"`` is single-sample REINFORCE, advantage r − b with b an EMA of the request's rewards;
+    ``"group"`` samples ``group_size`` G ≥ 2 continuations of every segment from the same context and adapter,
+    advantage r_g − mean_g(r) on each, and updates on all G (REINFORCE with a group-mean baseline; PoT updates on a
+    group of G = 3 siblings). The first continuation is the one that is kept, so the output is an ordinary policy
+    sample, not a best-of-G pick. ``reward="majority"`` also samples G continuations.
+
+    Gradient window: the adapter acts on every position, and after an update the whole context is re-prefilled under
+    it, but with ``window="segment"`` (default) the gradient is taken over the latest segment's positions only: the
+    context's K/V are held fixed, so the loss's dependence on the adapter through them is dropped (truncated
+    backpropagation through the segments). ``window="context"`` recomputes the whole sequence with gradient: the
+    exact gradient of the same loss, at a forward and backward over the whole context per update.
 
     KV cache: after every update the context is re-prefilled with the new adapters (``stale_kv=False``, the default),
     for q-only adapters too: a q adapter on layer l leaves layer l's K/V alone but changes layer l's output and so the
@@ -49,8 +58,9 @@ class PoTConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     max_grad_norm: float = 1.0
-    max_adapter_norm: float = 2.0
+    max_relative_norm: float = 0.05
     stale_kv: bool = False
+    window: str = "segment"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,11 +76,13 @@ class PoTConfig:
             raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
         positive_floats = {
             "alpha": self.alpha, "lr": self.lr, "max_grad_norm": self.max_grad_norm,
-            "max_adapter_norm": self.max_adapter_norm, "init_std": self.init_std, "eps": self.eps,
+            "max_relative_norm": self.max_relative_norm, "init_std": self.init_std, "eps": self.eps,
         }
         for name, value in positive_floats.items():
             if not math.isfinite(value) or value <= 0:

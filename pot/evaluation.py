@@ -16,7 +16,7 @@ A *record* is one problem's dict (see ``pot.records``): ``samples`` (each with `
   (``cat.estimators.best_of_k_expected``).
 
 Compute of a point (summed over problems): k of n samples cost k/n of the generated tokens and wall time; forward
-tokens add the prompt once (shared prefill); FLOPs ≈ 2·P·forward + 4·P·backward (Kaplan et al. 2020).
+tokens add the prompt once (shared prefill); FLOPs ≈ 2·P·(forward + backward) tokens (see ``pot.trace``).
 95% CIs: percentile bootstrap over problems, one resampling of the problems shared by every strategy and k of an
 evaluation (so the points of a curve are resampled consistently); ``paired_bootstrap`` resamples the same problems
 for two runs.

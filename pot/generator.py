@@ -1,16 +1,35 @@
 """`PoTGenerator`: batched generation where each request trains its own transient LoRA slot on its own segments.
 
-Loop per round (pot_anchors.md §3): decode up to ``segment_tokens`` tokens for every active request with a real KV
-cache (G continuations per learning request when ``config.samples_group``: its cache rows are repeated, the first
-continuation is kept); re-run the segments with gradient on top of the detached prefix cache (the gradient window is
-the latest segment only); score them; one REINFORCE step per slot with loss −Σ_g w_g·mean_t log π(y_gt | ·), where
-w = r − b for the kept continuation with b an EMA of the request's rewards (decay 0.9, brief), or
-w_g = (r_g − mean(r))/G over the group; then rebuild the cache with the updated adapters (re-prefill) unless
-``stale_kv``.
+Test-time policy evolution with a transient per-problem adapter, after Policy of Thoughts (PoT, arXiv 2601.20379),
+here on the model's own reasoning segments. Loop per round: decode up to ``segment_tokens`` tokens for every active
+request with a real KV cache (G continuations per learning request when ``config.samples_group``: its cache rows are
+repeated, the first continuation is kept); re-run the segments with gradient; score them; one REINFORCE step per
+slot with loss −Σ_g w_g·mean_t log π(y_gt | ·), where w = r − b for the kept continuation with b an EMA of the
+request's rewards (decay ``ema_decay``), or w_g = (r_g − mean(r))/G over the group (PoT's group of G = 3 siblings);
+then rebuild the cache with the updated adapters (re-prefill) unless ``stale_kv``.
+
+Gradient window (``config.window``). The adapter acts on every position: the next segment is decoded from a cache
+re-prefilled under the updated adapter over the whole context. With ``window="segment"`` (default) the gradient
+window covers only the latest segment's positions: the context's K/V come from a cache built without gradient, so
+the loss's dependence on the adapter through the context's K/V is dropped (truncated backpropagation through the
+segments; the gradient is that of the segment's log-likelihood with the context held fixed). With
+``window="context"`` the whole sequence (prompt, earlier segments, segment) is recomputed with gradient and the
+step uses the exact gradient of the same loss as a function of the adapter; it costs a forward and a backward over
+the whole context per update.
 
 Why re-prefill also for q-only adapters: a q adapter on layer ℓ leaves layer ℓ's K/V alone but changes layer ℓ's
 output, hence the K/V of every later layer, so only a q adapter on the last attention layer would keep the cache
-exact. ``stale_kv=True`` keeps the cache and treats past K/V as frozen history (truncated BPTT, the brief's choice).
+exact. ``stale_kv=True`` keeps the cache and treats past K/V as frozen history.
+
+Stopping and text: a row ends at any id of ``pot.sampling.eos_token_ids`` (the generation config's list and the
+tokenizer's EOS, as the sampler does); every text, the kept one and those the rewards see, is decoded with
+``skip_special_tokens=True``, as the sampler decodes.
+
+Random streams: continuation g of a request draws from its own ``torch.Generator`` seeded from (seed, prompt, g),
+continuation 0 (the kept one) from the request's own stream, so sampling G continuations does not change the kept
+text's draws: with a zero-effect update the output equals a run without updates.
+
+Compute is counted per request as described in ``pot.trace``.
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ from pot.adapters import SlotAdapterBank, find_attention_projections
 from pot.config import PoTConfig
 from pot.optim import SlotAdam
 from pot.rewards import MajorityReward, RandomReward, SegmentBatch, SelfReward
+from pot.sampling import eos_token_ids
 from pot.trace import PoTTrace, UpdateTrace
 
 
@@ -47,8 +67,9 @@ class _Request:
     key: int
     prompt: str
     prompt_ids: list[int]
-    rng: torch.Generator
+    seed: int
     trace: PoTTrace
+    rngs: list[torch.Generator] = field(default_factory=list)  # one stream per continuation; [0] is the kept one
     generated: list[int] = field(default_factory=list)
     done: bool = False
     adapt: bool = True
@@ -56,10 +77,20 @@ class _Request:
     ema: float = 0.0
     confidences: list[float] = field(default_factory=list)
 
+    def rng(self, continuation: int) -> torch.Generator:
+        while len(self.rngs) <= continuation:
+            self.rngs.append(torch.Generator().manual_seed(continuation_seed(self.seed, self.prompt, len(self.rngs))))
+        return self.rngs[continuation]
+
 
 def request_seed(seed: int, prompt: str) -> int:
     """Per-request RNG seed: depends on the prompt, not its batch position, so a batch equals separate runs."""
     return zlib.crc32(f"{seed}:{prompt}".encode())
+
+
+def continuation_seed(seed: int, prompt: str, continuation: int) -> int:
+    """Seed of continuation g's sampling stream: the request's own seed for g = 0 (the kept continuation)."""
+    return request_seed(seed, prompt) if continuation == 0 else zlib.crc32(f"{seed}:{continuation}:{prompt}".encode())
 
 
 class PoTGenerator:
@@ -68,8 +99,10 @@ class PoTGenerator:
         self.model, self.tokenizer, self.config, self.gate = model, tokenizer, config or PoTConfig(), gate
         cfg = self.config
         find_attention_projections(model)
-        if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer.eos_token_id is None: PoT needs an end-of-sequence token")
+        self.stop_ids = eos_token_ids(model, tokenizer)
+        if not self.stop_ids:
+            raise ValueError("tokenizer.eos_token_id and generation_config.eos_token_id are None: PoT needs an "
+                             "end-of-sequence token")
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 # bnb 4-bit repacks weights in eval no-grad forwards on AVX512-BF16 CPUs, killing later gradients.
@@ -95,8 +128,8 @@ class PoTGenerator:
 
     # ---------------------------------------------------------------- public
     def generate(self, prompts: list[str], max_new_tokens: int = 256, min_new_tokens: int = 0) -> list[PoTResult]:
-        """One result per prompt, in order. ``min_new_tokens`` masks EOS until that many tokens exist (as in
-        ``transformers``' generate), e.g. to compare throughput at equal lengths."""
+        """One result per prompt, in order. ``min_new_tokens`` masks every stop id until that many tokens exist (as
+        in ``transformers``' generate), e.g. to compare throughput at equal lengths."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         if not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= max_new_tokens:
@@ -118,6 +151,9 @@ class PoTGenerator:
         return results
 
     # ---------------------------------------------------------------- internals
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def _forward(self, ids, mask, cache, slots):
         positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         with self.bank.use(slots):
@@ -131,7 +167,7 @@ class PoTGenerator:
                 self._forward(seq[:, :-1], mask[:, :-1], cache, slots)
         return cache
 
-    def _sample(self, logits: torch.Tensor, seq: torch.Tensor, requests: list[_Request]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, seq: torch.Tensor, streams: list[torch.Generator]) -> torch.Tensor:
         cfg = self.config
         if cfg.temperature == 0:
             return logits.argmax(-1)
@@ -139,7 +175,7 @@ class PoTGenerator:
         if cfg.top_p < 1:
             scores = TopPLogitsWarper(cfg.top_p)(seq, scores)
         probs = scores.softmax(-1).cpu()
-        picks = [torch.multinomial(probs[i], 1, generator=r.rng) for i, r in enumerate(requests)]
+        picks = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(streams)]
         return torch.cat(picks).to(logits.device)
 
     def _learns(self, request: _Request) -> bool:
@@ -151,17 +187,16 @@ class PoTGenerator:
     def _run_wave(self, keys, prompts, encoded, max_new_tokens, min_new_tokens) -> list[PoTResult]:
         cfg, tok = self.config, self.tokenizer
         started = time.perf_counter()
-        requests = [
-            _Request(k, prompts[k], encoded[k], torch.Generator().manual_seed(request_seed(cfg.seed, prompts[k])),
-                     PoTTrace(num_parameters=self.num_parameters))
-            for k in keys
-        ]
+        requests = [_Request(k, prompts[k], encoded[k], cfg.seed, PoTTrace(num_parameters=self.num_parameters))
+                    for k in keys]
         if self.gate is not None:
             for r, on in zip(requests, self.gate.decide(self.model, tok, [r.prompt for r in requests])):
                 r.adapt, r.trace.gated_off = bool(on), not on
         slots = torch.arange(len(requests))
         self.bank.reset(slots, [request_seed(cfg.seed, r.prompt) for r in requests])
         self.optimizer.reset(slots)
+        stop = torch.tensor(self.stop_ids, device=self.device)
+        stop_set = set(self.stop_ids)
 
         width = max(len(r.prompt_ids) for r in requests)
         seq = torch.full((len(requests), width), tok.pad_token_id or 0, dtype=torch.long, device=self.device)
@@ -183,6 +218,7 @@ class PoTGenerator:
                 seq, mask = seq[index], mask[index]
                 cache.batch_select_indices(index)
             row_requests = [active[b] for b in owner]
+            streams = [active[b].rng(j - kept[b]) for j, b in enumerate(owner)]
             row_slots = slots[[rows[b] for b in owner]].to(self.device)
             seg_start = seq.shape[1]
             segments: list[list[int]] = [[] for _ in owner]
@@ -194,18 +230,19 @@ class PoTGenerator:
                     logits = self._forward(seq[:, -1:], mask, cache, row_slots)[:, -1].float()
                 short = [len(r.generated) + len(segments[j]) < min_new_tokens for j, r in enumerate(row_requests)]
                 if any(short):
-                    logits[torch.tensor(short, device=self.device), tok.eos_token_id] = -math.inf
-                nxt = self._sample(logits, seq, row_requests)
-                ent = torch.special.entr(logits.softmax(-1)).sum(-1).cpu()  # entr(0) = 0: masked EOS is fine
+                    rows_short = torch.tensor(short, device=self.device).nonzero()
+                    logits[rows_short, stop] = -math.inf
+                nxt = self._sample(logits, seq, streams)
+                ent = torch.special.entr(logits.softmax(-1)).sum(-1).cpu()  # entr(0) = 0: masked stop ids are fine
                 for j, r in enumerate(row_requests):
-                    r.trace.forward_tokens += 1
-                    if finished[j]:
-                        nxt[j] = tok.eos_token_id
+                    if finished[j]:  # carried along in the batch: not charged (a separate run would not compute it)
+                        nxt[j] = self.stop_ids[0]
                         continue
+                    r.trace.forward_tokens += 1
                     token = int(nxt[j])
                     segments[j].append(token)
                     entropy[j] += float(ent[j])
-                    finished[j] = token == tok.eos_token_id or len(r.generated) + len(segments[j]) >= max_new_tokens
+                    finished[j] = token in stop_set or len(r.generated) + len(segments[j]) >= max_new_tokens
                 seq = torch.cat([seq, nxt.view(-1, 1)], 1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
                 if all(finished):
@@ -218,20 +255,30 @@ class PoTGenerator:
 
             learners = [b for b, r in enumerate(active) if not r.done and self._learns(r)]
             if learners:
-                cache = self._update(active, owner, learners, row_slots, seq, mask, cache, seg_start, segments,
-                                     entropy)
+                self._update(active, owner, learners, row_slots, seq, mask, cache, seg_start, segments, entropy)
             running = [b for b, r in enumerate(active) if not r.done]
             rows = [rows[b] for b in running]
             if not rows:
                 break
             keep = [kept[b] for b in running]
             seq, mask = seq[keep], mask[keep]
-            if learners and not cfg.stale_kv:
-                cache = self._prefill(seq, mask, slots[rows].to(self.device))
-                for i in rows:
-                    requests[i].trace.forward_tokens += len(requests[i].prompt_ids) + len(requests[i].generated) - 1
-            elif keep != list(range(len(owner))):
+            if keep != list(range(len(owner))):
                 cache.batch_select_indices(torch.tensor(keep, device=self.device))
+            if learners and not cfg.stale_kv:
+                # only the updated requests' rows are rebuilt: the others' adapters did not change
+                learner_set = set(learners)
+                rebuild = [pos for pos, b in enumerate(running) if b in learner_set]
+                rebuild_slots = slots[[rows[pos] for pos in rebuild]].to(self.device)
+                fresh = self._prefill(seq[rebuild], mask[rebuild], rebuild_slots)
+                if len(rebuild) == len(running):
+                    cache = fresh
+                else:
+                    index = torch.tensor(rebuild, device=self.device)
+                    for layer, new in zip(cache.layers, fresh.layers):
+                        layer.keys[index], layer.values[index] = new.keys, new.values
+                for pos in rebuild:
+                    r = requests[rows[pos]]
+                    r.trace.forward_tokens += len(r.prompt_ids) + len(r.generated) - 1
 
         wall = time.perf_counter() - started
         peak = (torch.cuda.max_memory_allocated() if self.device.type == "cuda"
@@ -239,67 +286,81 @@ class PoTGenerator:
         results = []
         for r in requests:
             r.trace.wall_s, r.trace.peak_memory_bytes = wall, peak
-            ids = r.generated[:-1] if r.generated and r.generated[-1] == tok.eos_token_id else r.generated
-            results.append(PoTResult(tok.decode(ids, skip_special_tokens=True), list(r.generated), r.trace))
+            results.append(PoTResult(self._decode(r.generated), list(r.generated), r.trace))
         return results
 
-    def _update(self, active, owner, learners, row_slots, seq, mask, cache, seg_start, segments, entropy):
-        """Gradient window over the segments, rewards, one per-slot REINFORCE step; returns the (detached) cache."""
-        cfg, tok = self.config, self.tokenizer
-        tic = time.perf_counter()
-        cache.crop(-(seq.shape[1] - seg_start))
-        window = seq[:, seg_start - 1:-1]
-        targets = seq[:, seg_start:]
-        logits = self._forward(window, mask[:, :-1], cache, row_slots).float()
-        token_logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        lengths = torch.tensor([len(s) for s in segments], device=self.device)
-        real = torch.arange(targets.shape[1], device=self.device)[None] < lengths[:, None]
-        mean_logp = (token_logp * real).sum(-1) / lengths.clamp_min(1)
-        for layer in cache.layers:  # past K/V carry no gradient into later windows (truncated BPTT)
+    def _window_logits(self, seq, mask, cache, rows, slots, seg_start) -> torch.Tensor:
+        """Logits with gradient at the segment's positions of batch ``rows`` (see the module docstring)."""
+        n = seq.shape[1] - seg_start
+        index = torch.tensor(rows, device=self.device)
+        if self.config.window == "context":
+            logits = self._forward(seq[index, :-1], mask[index, :-1], DynamicCache(config=self.model.config), slots)
+            return logits[:, -n:]
+        if len(rows) == seq.shape[0]:  # every row learns: reuse the decode cache in place (the window rebuilds it)
+            cache.crop(-n)
+            window_cache = cache
+        else:
+            window_cache = DynamicCache(config=self.model.config)
+            for i, layer in enumerate(cache.layers):
+                window_cache.update(layer.keys[index, :, :-n], layer.values[index, :, :-n], i)
+        logits = self._forward(seq[index, seg_start - 1:-1], mask[index, :-1], window_cache, slots)
+        for layer in window_cache.layers:  # past K/V carry no gradient into later windows
             layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        return logits
 
+    def _update(self, active, owner, learners, row_slots, seq, mask, cache, seg_start, segments, entropy) -> None:
+        """Gradient window over the learners' segments, rewards, one per-slot REINFORCE step."""
+        cfg = self.config
+        tic = time.perf_counter()
         # learner i owns batch rows group_rows[i] (its G continuations, the kept one first) = rows i*G..i*G+G-1 of
-        # the reward batch
+        # the window and reward batch
         size = cfg.group_size if cfg.samples_group else 1
         learner_set = set(learners)
         batch_rows = [j for j, b in enumerate(owner) if b in learner_set]
         group_rows = [batch_rows[i * size:(i + 1) * size] for i in range(len(learners))]
-        rs = [active[b] for b in learners]
-        earlier = {b: tok.decode(active[b].generated[: len(active[b].generated) - len(segments[rows[0]])])
-                   for b, rows in zip(learners, group_rows)}
         sub = torch.tensor(batch_rows, device=self.device)
+        logits = self._window_logits(seq, mask, cache, batch_rows, row_slots[sub], seg_start)
+        targets = seq[sub, seg_start:]
+        token_logp = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lengths = torch.tensor([len(segments[j]) for j in batch_rows], device=self.device)
+        real = torch.arange(targets.shape[1], device=self.device)[None] < lengths[:, None]
+        mean_logp = (token_logp * real).sum(-1) / lengths.clamp_min(1)
+
+        rs = [active[b] for b in learners]
+        earlier = {b: self._decode(active[b].generated[: len(active[b].generated) - len(segments[rows[0]])])
+                   for b, rows in zip(learners, group_rows)}
         logp_values = mean_logp.detach().cpu().tolist()
         batch = SegmentBatch(
-            model=self.model, tokenizer=tok, bank=self.bank, slots=row_slots[sub],
+            model=self.model, tokenizer=self.tokenizer, bank=self.bank, slots=row_slots[sub],
             request_keys=[active[owner[j]].key for j in batch_rows],
             prompts=[active[owner[j]].prompt for j in batch_rows],
             earlier_texts=[earlier[owner[j]] for j in batch_rows],
-            segment_texts=[tok.decode(segments[j]) for j in batch_rows], segment_ids=[segments[j] for j in batch_rows],
-            segment_logprob=torch.tensor([logp_values[j] for j in batch_rows]),
-            confidence_history=[active[owner[j]].confidences + [logp_values[j]] for j in batch_rows],
+            segment_texts=[self._decode(segments[j]) for j in batch_rows],
+            segment_ids=[segments[j] for j in batch_rows], segment_logprob=torch.tensor(logp_values),
+            confidence_history=[active[owner[j]].confidences + [logp_values[k]] for k, j in enumerate(batch_rows)],
             update=min(r.updates for r in rs), max_updates=cfg.max_updates, forward_tokens=[0] * len(batch_rows),
             group_size=size,
         )
-        for r, rows in zip(rs, group_rows):
-            r.confidences.append(logp_values[rows[0]])
+        for i, r in enumerate(rs):
+            r.confidences.append(logp_values[i * size])
         reward, parts = self.reward(batch)
         reward = reward.double().cpu()
-        weight = torch.zeros(len(owner), dtype=torch.float64)
+        weight = torch.zeros(len(batch_rows), dtype=torch.float64)
         advantage = [0.0] * len(learners)
-        for i, (r, rows) in enumerate(zip(rs, group_rows)):
+        for i, r in enumerate(rs):
             group = reward[i * size:(i + 1) * size]
             if not torch.isfinite(group).all():
                 r.trace.failure, r.done = f"non-finite reward {group.tolist()} at update {r.updates}", True
                 continue
             if cfg.baseline == "group":
-                weight[rows] = (group - group.mean()) / size
+                weight[i * size:(i + 1) * size] = (group - group.mean()) / size
                 advantage[i] = float(group[0] - group.mean())
             else:
                 advantage[i] = float(group[0]) - r.ema
-                weight[rows[0]] = advantage[i]
+                weight[i * size] = advantage[i]
                 r.ema = cfg.ema_decay * r.ema + (1 - cfg.ema_decay) * float(group[0])
         weight = weight.to(self.device, torch.float32)
-        # a zero-weight row (non-learner, failed request) must not feed NaN from its log-probs into the backward
+        # a zero-weight row (failed request) must not feed NaN from its log-probs into the backward
         safe_logp = torch.where(weight != 0, mean_logp, torch.zeros_like(mean_logp))
         loss = -(weight * safe_logp).sum()
         params = self.bank.parameters_list()
@@ -313,23 +374,26 @@ class PoTGenerator:
             norms[healthy] = self.optimizer.step(learner_slots[healthy])
         for p in params:
             p.grad = None
-        adapter_norms = self.bank.cap_norm(learner_slots, cfg.max_adapter_norm).cpu()
+        adapter_norms, capped = self.bank.cap_relative_norm(learner_slots, cfg.max_relative_norm)
+        adapter_norms, capped = adapter_norms.cpu(), capped.cpu()
         wall = time.perf_counter() - tic
         for i, (r, rows) in enumerate(zip(rs, group_rows)):
             if r.trace.failure is None and not torch.isfinite(norms[i]):
                 r.trace.failure, r.done = f"non-finite gradient at update {r.updates}", True
-            tokens = sum(len(segments[j]) for j in rows)
-            fwd = tokens + sum(batch.forward_tokens[i * size:(i + 1) * size])
+            # "context": each continuation also recomputes the prompt and earlier segments up to the segment's start
+            earlier_tokens = len(r.generated) - len(segments[rows[0]])
+            context = len(r.prompt_ids) + earlier_tokens - 1 if cfg.window == "context" else 0
+            window = sum(len(segments[j]) for j in rows) + len(rows) * context
+            fwd = window + sum(batch.forward_tokens[i * size:(i + 1) * size])
             r.trace.forward_tokens += fwd
-            r.trace.backward_tokens += tokens
+            r.trace.backward_tokens += window
             first = i * size
             r.trace.updates.append(UpdateTrace(
                 update=r.updates, reward=float(reward[first]),
                 components={name: float(values[first]) for name, values in parts.items()},
                 advantage=advantage[i], group_rewards=reward[first:first + size].tolist(),
-                adapter_norm=float(adapter_norms[i]), grad_norm=float(norms[i]),
-                entropy=entropy[rows[0]] / max(len(segments[rows[0]]), 1), forward_tokens=fwd, backward_tokens=tokens,
-                wall_s=wall,
+                adapter_norm=float(adapter_norms[i]), capped_targets=int(capped[i]), grad_norm=float(norms[i]),
+                entropy=entropy[rows[0]] / max(len(segments[rows[0]]), 1), forward_tokens=fwd,
+                backward_tokens=window, wall_s=wall,
             ))
             r.updates += 1
-        return cache

@@ -1,7 +1,7 @@
 """Per-slot Adam over stacked adapter factors: each slot has its own moments, step count and gradient clip.
 
 torch.optim.Adam keeps one step count per tensor; here slot s of every (S, ...) factor is an independent parameter
-set (requests join at different times, pot_anchors.md §3.2). Update (Kingma & Ba 2015, no weight decay):
+set (requests join at different times). Update (Kingma & Ba 2015, no weight decay):
     g ← g · min(1, c / ||g_s||),  m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,
     θ ← θ − lr · (m / (1−β1^t_s)) / (sqrt(v / (1−β2^t_s)) + eps),
 with ||g_s|| the norm over all of slot s's factors and t_s the slot's own step count.

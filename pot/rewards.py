@@ -66,7 +66,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 def standardised_confidence(history: list[float]) -> float:
     """tanh of the latest mean log-prob's z-score within this request's own history (0 until two segments exist).
 
-    The brief's fixed map (logp + 5) / 5 saturates at 1 for instruct models (pot_anchors.md §1.3), so the
+    A fixed map such as (logp + 5) / 5 saturates at 1 for instruct models, whose mean log-probs sit near 0, so the
     confidence is judged relative to the same query's earlier segments instead.
     """
     if len(history) < 2:
@@ -76,11 +76,11 @@ def standardised_confidence(history: list[float]) -> float:
 
 
 class SelfReward:
-    """The brief's label-free reward: w_c·confidence + w_h·coherence + w_v·verification, all in [-1, 1].
+    """A label-free segment reward: w_c·confidence + w_h·coherence + w_v·verification, all in [-1, 1].
 
     - coherence: (3 − CE) / 3 clipped to [-1, 1], CE of earlier conclusions (text after therefore/thus/so/=) given
-      the current segment; 0 when there is none yet (brief);
-    - verification: P(YES) − P(NO) renormalised over the two tokens after ``VERIFY_PROMPT`` (brief); the ids are the
+      the current segment; 0 when there is none yet;
+    - verification: P(YES) − P(NO) renormalised over the two tokens after ``VERIFY_PROMPT``; the ids are the
       first tokens of "YES" and "NO" in this tokenizer;
     - schedule: the confidence weight moves linearly to verification over the updates,
       w_c(u) = w_c·(1 − u/(U−1)), w_v(u) = w_v + w_c·u/(U−1), because confidence is most informative early and

@@ -1,8 +1,16 @@
 """Per-update diagnostics and per-request compute totals of a PoT generation.
 
-FLOPs are the standard dense estimate (Kaplan et al. 2020): 2·P per token forwarded and 4·P per token
-backpropagated (a backward costs about twice a forward), with P the number of base-model parameters; the adapters
-and attention's context-length term are ignored (both are small next to P for the sizes used here).
+Compute convention (dense estimate, Kaplan et al. 2020, with P the number of base-model parameters; the adapters and
+attention's context-length term are ignored, both small next to P for the sizes used here):
+- forward: 2·P per token position a forward computes for the request: its prompt prefill, one per decoded token,
+  the gradient window (the segment's positions; the context's too with ``window="context"``), the rewards' own
+  forwards, and every re-prefill (a forward over the whole context, prompt and generated tokens);
+- backward: 2·P per position of the gradient window. The base weights are frozen and only adapter gradients are
+  taken, so the backward computes activation gradients (≈ one forward) and no weight-gradient GEMMs, next to which
+  the rank-r adapters' weight gradients are negligible; PoT measured a LoRA backward at ≈ 1.46× a forward
+  (arXiv 2601.20379, Table 7), so this is a lower estimate.
+Only positions the request needs are charged: left padding, and rows carried along in a batch after they finished
+(a separate run would not compute them), are not, so a request's totals do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ class UpdateTrace:
     advantage: float
     group_rewards: list[float]
     adapter_norm: float
+    capped_targets: int  # adapted projections whose ΔW the relative norm cap rescaled at this update
     grad_norm: float
     entropy: float
     forward_tokens: int
@@ -47,5 +56,10 @@ class PoTTrace:
     num_parameters: int = 0
 
     @property
+    def capped_updates(self) -> int:
+        """Updates at which the relative adapter-norm cap bound (rescaled at least one projection)."""
+        return sum(u.capped_targets > 0 for u in self.updates)
+
+    @property
     def estimated_flops(self) -> float:
-        return 2.0 * self.num_parameters * self.forward_tokens + 4.0 * self.num_parameters * self.backward_tokens
+        return 2.0 * self.num_parameters * (self.forward_tokens + self.backward_tokens)

@@ -103,7 +103,7 @@ def test_rows_use_their_own_slot(tiny):
     assert not torch.allclose(mixed[0], mixed[1])
 
 
-def test_adapter_norm_and_cap_match_dense_product(tiny):
+def test_adapter_norm_matches_dense_product(tiny):
     model, _ = tiny
     bank = SlotAdapterBank(model, 2, rank=4, alpha=8.0, layer_stride=2)
     _randomise(bank)
@@ -113,11 +113,84 @@ def test_adapter_norm_and_cap_match_dense_product(tiny):
             sum(((bank.scaling * t.A[s] @ t.B[s]).double() ** 2).sum() for t in bank.adapted).sqrt() for s in range(2)
         ])
     torch.testing.assert_close(bank.adapter_norm(slots).double(), dense, rtol=1e-5, atol=0)
-    cap = float(dense.min()) / 2
-    bank.cap_norm(torch.tensor([1]), cap)
-    after = bank.adapter_norm(slots).double()
-    torch.testing.assert_close(after, torch.stack([dense[0], torch.tensor(cap, dtype=torch.float64)]), rtol=1e-5,
-                               atol=0)
+
+
+def test_relative_cap_is_per_projection_and_exact(tiny):
+    """||ΔW_ts||_F ≤ rho·||W_t||_F for every projection t and slot s, ΔW rescaled (not reshaped) where it binds."""
+    model, _ = tiny
+    bank = SlotAdapterBank(model, 3, rank=4, alpha=8.0, layer_stride=2)
+    _randomise(bank, scale=0.05)
+    with torch.no_grad():
+        for s, scale in enumerate([1.0, 0.01, 3.0]):  # slot 1 small: nothing binds there
+            for t in bank.adapted:
+                t.B[s] *= scale
+        before = [[(bank.scaling * t.A[s] @ t.B[s]).double() for s in range(3)] for t in bank.adapted]
+    weight = [float(t.module.weight.double().norm()) for t in bank.adapted]
+    assert bank.adapted[0].weight_norm == pytest.approx(weight[0], rel=1e-12)
+    ratios = torch.tensor([[float(d.norm()) / w for d in ds] for ds, w in zip(before, weight)])
+    rho = float(ratios[:, 0].median())  # slot 0: some projections above, some below
+    assert (ratios[:, 0] > rho).any() and (ratios[:, 0] < rho).any() and (ratios[:, 1] < rho).all()
+    norms, clipped = bank.cap_relative_norm(torch.tensor([0, 1, 2]), rho)
+    expected_total = torch.zeros(3, dtype=torch.float64)
+    for t, ds, w, r in zip(bank.adapted, before, weight, ratios):
+        for s in range(3):
+            after = (bank.scaling * t.A[s] @ t.B[s]).detach().double()
+            target = ds[s] * min(1.0, rho / float(r[s]))
+            torch.testing.assert_close(after, target, rtol=1e-5, atol=1e-6 * float(target.abs().max()))
+            expected_total[s] += float(target.square().sum())
+    assert clipped.tolist() == (ratios > rho).sum(0).tolist()
+    torch.testing.assert_close(norms.double(), expected_total.sqrt(), rtol=1e-5, atol=0)
+
+
+def test_projection_norm_of_wrapped_and_quantised_projections(tiny, tmp_path):
+    """The cap's ||W||_F is the weight the projection computes with: merged peft LoRA, dequantised 4-bit."""
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from pot.adapters import projection_norm
+
+    model, _ = tiny
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"],
+                                                              init_lora_weights=False)).eval()
+    q = wrapped.base_model.model.model.layers[1].self_attn.q_proj
+    merged = copy.deepcopy(wrapped).merge_and_unload().model.layers[1].self_attn.q_proj.weight
+    assert float(merged.norm()) != pytest.approx(float(model.model.layers[1].self_attn.q_proj.weight.norm()))
+    assert projection_norm(q) == pytest.approx(float(merged.double().norm()), rel=1e-5)
+    model.save_pretrained(tmp_path)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    v = quantized.model.layers[0].self_attn.v_proj
+    dense = bnbf.dequantize_4bit(v.weight.data, v.weight.quant_state).double()
+    assert projection_norm(v, chunk=24) == pytest.approx(float(dense.norm()), rel=1e-5)
+
+
+def test_bf16_adapted_projection_is_the_rounded_fp32_sum():
+    """A bf16 model's adapted projection is round_bf16(W x + ΔW x) of the exact sum (within bf16's half ulp of the
+    sum), so a delta far below half an ulp of W x still changes every output whose rounding it changes; adding it to
+    the already rounded bf16 W x would leave those unchanged."""
+    from recipes.tiny_llama import tiny_llama
+
+    model, _ = tiny_llama(dtype=torch.bfloat16)
+    bank = SlotAdapterBank(model, 2, rank=4, alpha=8.0, layer_stride=4, targets="q")
+    gen = torch.Generator().manual_seed(0)
+    (target,) = bank.adapted
+    with torch.no_grad():
+        target.B.copy_(torch.randn(target.B.shape, generator=gen) * 5e-5)
+    x = torch.randn(2, 256, model.config.hidden_size, generator=gen).to(torch.bfloat16)
+    base = target.module(x)
+    with bank.use(torch.tensor([0, 1])):
+        ours = target.module(x)
+    A, B, W = (t.detach().double() for t in (target.A, target.B, target.module.weight))
+    plain = x.double() @ W.T
+    exact = plain + torch.stack([x[s].double() @ A[s] @ B[s] for s in (0, 1)]) * bank.scaling
+    relative = float((exact - plain).norm() / plain.norm())
+    assert relative < 2e-4  # an early-update-sized delta: ~1/10 of bf16's half ulp (2^-9 relative)
+    half_ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact)[1] - 9)
+    error = (ours.double() - exact).abs()
+    assert (error <= half_ulp).double().mean() > 0.999 and (error <= 2 * half_ulp).all()  # ties: float32 sums
+    should_change = exact.to(torch.bfloat16) != plain.to(torch.bfloat16)
+    assert should_change.sum() > 200
+    assert (ours != base)[should_change].double().mean() > 0.99
 
 
 def test_no_attention_projections_rejected():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
-from pot import PoTConfig, PoTGenerator
+from pot import PoTConfig, PoTGenerator, RandomReward
 from pot.adapters import SlotAdapterBank
 from pot.generator import request_seed
 
@@ -151,7 +151,7 @@ def test_reward_sign_moves_segment_logprob(tiny, sign):
 def test_group_baseline_raises_the_preferred_continuation(tiny):
     model, tok = tiny
     cfg = PoTConfig(baseline="group", group_size=3, temperature=1.0, max_updates=1, segment_tokens=8, lr=0.02,
-                    rank=4, layer_stride=1, seed=1)
+                    rank=4, layer_stride=1, seed=1, max_relative_norm=1.0)
     reward = PreferContinuation(preferred=1)
     gen = PoTGenerator(model, tok, cfg, reward=reward)
     (result,) = gen.generate(PROMPTS[:1], max_new_tokens=10)
@@ -194,7 +194,10 @@ def test_group_baseline_raises_the_preferred_continuation(tiny):
     with torch.no_grad():
         for p, g in zip(params, grads):
             p -= cfg.lr * (g * clip) / ((g * clip).abs() + cfg.eps)
-        assert float(ref.adapter_norm(torch.tensor([0]))[0]) < cfg.max_adapter_norm  # no cap: the step is all
+        limits = [cfg.max_relative_norm * float(t.module.weight.norm()) for t in ref.adapted]
+        dense = [float((ref.scaling * t.A[0] @ t.B[0]).norm()) for t in ref.adapted]
+        assert all(d < limit for d, limit in zip(dense, limits))  # no cap: the step is all
+    assert update.capped_targets == 0 and result.trace.capped_updates == 0
     for ours, theirs in zip(gen.bank.parameters_list(), params):
         torch.testing.assert_close(ours.detach()[0], theirs.detach()[0], rtol=1e-4, atol=1e-6)
 
@@ -315,7 +318,7 @@ def test_q_only_cache_exact_when_adapter_is_on_last_attention_layer():
 
 def test_stale_kv_changes_generation_and_counts(tiny):
     model, tok = tiny
-    cfg = dict(max_updates=4, segment_tokens=4, lr=0.2, rank=4, layer_stride=1)
+    cfg = dict(max_updates=4, segment_tokens=4, lr=0.2, rank=4, layer_stride=1, max_relative_norm=1.0)
     fresh = PoTGenerator(model, tok, PoTConfig(**cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 24)
     stale = PoTGenerator(model, tok, PoTConfig(stale_kv=True, **cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 24)
     assert any(f.token_ids != s.token_ids for f, s in zip(fresh, stale))
@@ -324,7 +327,7 @@ def test_stale_kv_changes_generation_and_counts(tiny):
         assert trace.generated_tokens == len(result.token_ids)
         assert trace.backward_tokens == 4 * len(trace.updates)
         n = trace.num_parameters
-        assert trace.estimated_flops == 2 * n * trace.forward_tokens + 4 * n * trace.backward_tokens
+        assert trace.estimated_flops == 2 * n * trace.forward_tokens + 2 * n * trace.backward_tokens
         assert trace.forward_tokens >= len(_encode(tok, prompt)) - 1 + trace.generated_tokens + trace.backward_tokens
     assert sum(r.trace.forward_tokens for r in fresh) > sum(r.trace.forward_tokens for r in stale)
 
@@ -334,6 +337,7 @@ def test_stale_kv_changes_generation_and_counts(tiny):
     [({"rank": 0}, "rank"), ({"layer_stride": 0}, "layer_stride"), ({"targets": "k"}, "targets"),
      ({"reward": "vibes"}, "reward"), ({"top_p": 0.0}, "top_p"), ({"temperature": -1.0}, "temperature"),
      ({"max_updates": -1}, "max_updates"), ({"baseline": "median"}, "baseline"), ({"group_size": 1}, "group_size"),
+     ({"window": "prompt"}, "window"), ({"max_relative_norm": 0.0}, "max_relative_norm"),
      ({"baseline": "group", "temperature": 0.0}, "temperature > 0"),
      ({"reward": "majority", "temperature": 0.0}, "temperature > 0")],
 )
@@ -436,3 +440,185 @@ def test_pot_on_an_unmerged_peft_adapter_equals_pot_on_the_merged_model(tiny):
     assert [t for t, _ in runs[0]] == [t for t, _ in runs[1]]
     for (_, a), (_, b) in zip(*runs):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+class GateOff:
+    """Gates off the listed prompts (plain generation for them), every other prompt adapts."""
+
+    def __init__(self, *prompts: str) -> None:
+        self.off = set(prompts)
+
+    def decide(self, model, tokenizer, prompts):
+        return [p not in self.off for p in prompts]
+
+
+def _raise_logit(model, token_id: int, amount: float):
+    """A model that emits ``token_id`` more often: ``amount`` is added to its logit (a forward hook on lm_head)."""
+    bias = torch.zeros(model.config.vocab_size)
+    bias[token_id] = amount
+    return model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias.to(output))
+
+
+def test_group_sampling_with_a_zero_effect_update_reproduces_the_plain_run(tiny):
+    """Equal rewards give zero group advantages, so B stays exactly 0: the kept text must be the plain run's."""
+    model, tok = tiny
+    common = dict(temperature=1.0, top_p=0.9, segment_tokens=5, seed=7)
+    plain = PoTGenerator(model, tok, PoTConfig(max_updates=0, **common)).generate(PROMPTS, max_new_tokens=20)
+    cfg = PoTConfig(baseline="group", group_size=3, max_updates=3, lr=0.05, **common)
+    grouped = PoTGenerator(model, tok, cfg, reward=ConstantReward(0.5)).generate(PROMPTS, max_new_tokens=20)
+    assert all(g.trace.updates for g in grouped)
+    assert all(u.adapter_norm == 0 and u.advantage == 0 for g in grouped for u in g.trace.updates)
+    assert all(g.trace.generated_tokens > len(g.token_ids) for g in grouped)  # siblings were sampled
+    assert [g.token_ids for g in grouped] == [p.token_ids for p in plain]
+    assert [g.text for g in grouped] == [p.text for p in plain]
+
+
+@pytest.mark.parametrize(("window", "stale_kv"), [("segment", False), ("context", True)])
+def test_batch_compute_totals_equal_separate_runs(tiny, window, stale_kv):
+    """Rows end at different times (a frequent EOS) and one request is gated off (never learns): a request's
+    forward/backward/generated totals must not depend on what else shares its batch."""
+    model, tok = tiny
+    handle = _raise_logit(model, tok.eos_token_id, 2.5)
+    prompts = [PROMPTS[0], PROMPTS[1], "Q: 7*6?\nA:"]
+    cfg = PoTConfig(baseline="group", group_size=2, temperature=1.0, max_updates=3, segment_tokens=4, lr=0.05,
+                    rank=4, seed=2, window=window, stale_kv=stale_kv)
+    try:
+        gen = PoTGenerator(model, tok, cfg, reward=RandomReward(0), gate=GateOff(prompts[1]))
+        batched = gen.generate(prompts, max_new_tokens=20)
+        alone = [gen.generate([p], max_new_tokens=20)[0] for p in prompts]
+    finally:
+        handle.remove()
+    assert len({len(r.token_ids) for r in batched}) > 1  # the rows finished at different steps
+    assert any(r.token_ids[-1] == tok.eos_token_id and len(r.token_ids) < 20 for r in batched)
+    assert batched[1].trace.gated_off and sum(len(r.trace.updates) for r in batched) > 0
+    for together, single in zip(batched, alone):
+        assert together.token_ids == single.token_ids
+        for key in ("forward_tokens", "backward_tokens", "generated_tokens", "estimated_flops"):
+            assert getattr(together.trace, key) == getattr(single.trace, key), key
+    # the plain request: its prefill and one forward per token it generated, nothing else
+    assert batched[1].trace.forward_tokens == len(_encode(tok, prompts[1])) - 1 + len(batched[1].token_ids)
+    assert batched[1].trace.backward_tokens == 0
+
+
+@pytest.mark.parametrize("min_new_tokens", [0, 12])
+def test_stops_at_every_generation_config_eos(tiny, min_new_tokens):
+    """A Llama-3-style generation config lists several end ids: PoT stops at any of them, like transformers and
+    the sampler."""
+    from pot.sampling import eos_token_ids
+
+    model, tok = tiny
+    ids = torch.tensor([_encode(tok, PROMPTS[1])])
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)[0, 1:]
+    generated = greedy[ids.shape[1] - 1:].tolist()
+    other_end = next(t for i, t in enumerate(generated) if i >= 2 and t not in generated[:i])
+    model.generation_config.eos_token_id = [tok.eos_token_id, other_end]
+    assert eos_token_ids(model, tok) == sorted({tok.eos_token_id, other_end})
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=min_new_tokens,
+                         do_sample=False)[0, ids.shape[1]:].tolist()
+    (plain,) = PoTGenerator(model, tok, PoTConfig(max_updates=0, segment_tokens=5)).generate(
+        [PROMPTS[1]], max_new_tokens=12, min_new_tokens=min_new_tokens)
+    assert plain.token_ids == ref
+    assert len(ref) == 12 if min_new_tokens else ref[-1] == other_end and len(ref) < 12
+    cfg = PoTConfig(max_updates=3, segment_tokens=3, temperature=1.0, lr=0.05, seed=1)
+    handle = _raise_logit(model, other_end, 3.0)
+    try:
+        learned = PoTGenerator(model, tok, cfg).generate(PROMPTS, max_new_tokens=30, min_new_tokens=min_new_tokens)
+    finally:
+        handle.remove()
+    for r in learned:
+        assert all(t not in (tok.eos_token_id, other_end) for t in r.token_ids[max(min_new_tokens, 1) - 1:-1])
+        assert len(r.token_ids) == 30 or r.token_ids[-1] in (tok.eos_token_id, other_end)
+    assert any(r.token_ids[-1] == other_end for r in learned)
+
+
+def test_rewards_see_texts_decoded_as_the_sampler_decodes(tiny):
+    """Sibling continuations (and earlier text) reach the reward decoded with skip_special_tokens=True."""
+    from pot import MajorityReward
+
+    model, tok = tiny
+    special = tok.convert_tokens_to_ids("<|im_start|>")
+    seen = []
+
+    class Recording(MajorityReward):
+        def __call__(self, batch):
+            seen.append((batch.update, [list(s) for s in batch.segment_ids], list(batch.segment_texts),
+                         list(batch.earlier_texts)))
+            return super().__call__(batch)
+
+    cfg = PoTConfig(reward="majority", baseline="group", group_size=3, temperature=1.0, max_updates=3,
+                    segment_tokens=6, lr=0.05, seed=4)
+    handle = _raise_logit(model, special, 3.0)
+    try:
+        (result,) = PoTGenerator(model, tok, cfg, reward=Recording(lambda t: t[-1:] or None)).generate(
+            PROMPTS[1:], max_new_tokens=24)
+    finally:
+        handle.remove()
+    assert len(seen) == 3 and any(special in ids for _, rows, _, _ in seen for ids in rows)
+    for update, rows, texts, earlier in seen:
+        assert texts == [tok.decode(ids, skip_special_tokens=True) for ids in rows]
+        assert earlier == [tok.decode(result.token_ids[:6 * update], skip_special_tokens=True)] * 3
+    assert all("<|im_start|>" not in t for _, _, texts, earlier in seen for t in texts + earlier)
+    assert result.text == tok.decode(result.token_ids, skip_special_tokens=True)
+
+
+def test_context_window_step_uses_the_full_sequence_gradient(tiny):
+    """window="context": the first step equals Adam's step on the autograd gradient of −mean_t log π(y_t | prompt,
+    y_<t) with the adapter on every position; window="segment" on the gradient with the prompt's K/V held fixed."""
+    model, tok = tiny
+    segment = 6
+    cfg = dict(max_updates=1, segment_tokens=segment, rank=4, layer_stride=1, lr=1.0, eps=1.0, max_grad_norm=1e9,
+               max_relative_norm=1e9, seed=3)
+    runs = {}
+    for window in ("context", "segment"):
+        gen = PoTGenerator(model, tok, PoTConfig(window=window, **cfg), reward=ConstantReward(1.0))
+        (result,) = gen.generate(PROMPTS[:1], max_new_tokens=segment + 2)
+        runs[window] = (result, [p.detach()[0].clone() for p in gen.bank.parameters_list()])
+        gen.bank.remove()
+    assert runs["context"][0].token_ids[:segment] == runs["segment"][0].token_ids[:segment]
+    ids = runs["context"][0].token_ids[:segment]
+    prompt_ids = _encode(tok, PROMPTS[0])
+
+    def stepped(full: bool):
+        ref = SlotAdapterBank(model, 1, rank=4, layer_stride=1)
+        ref.reset(torch.tensor([0]), [request_seed(3, PROMPTS[0])])
+        params = ref.parameters_list()
+        for p in params:
+            p.requires_grad_(True)
+        with ref.use(torch.tensor([0])):
+            if full:
+                logits = model(input_ids=torch.tensor([prompt_ids + ids[:-1]])).logits[0, len(prompt_ids) - 1:]
+            else:
+                cache = DynamicCache(config=model.config)
+                with torch.no_grad():
+                    model(input_ids=torch.tensor([prompt_ids[:-1]]), past_key_values=cache)
+                logits = model(input_ids=torch.tensor([prompt_ids[-1:] + ids[:-1]]), past_key_values=cache).logits[0]
+            loss = -logits.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).mean()
+        grads = torch.autograd.grad(loss, params)
+        ref.remove()
+        # Adam's first step with eps = lr = 1: −g / (|g| + 1), close to linear in g for these small gradients
+        return [(p - g / (g.abs() + 1.0)).detach()[0] for p, g in zip(params, grads)]
+
+    full, windowed = stepped(True), stepped(False)
+    gap = max(float((a - b).abs().max()) for a, b in zip(full, windowed))
+    assert gap > 1e-3 * max(float(a.abs().max()) for a in full)  # the two gradients differ
+    for name, expected in (("context", full), ("segment", windowed)):
+        for ours, theirs in zip(runs[name][1], expected):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
+    assert runs["context"][0].trace.backward_tokens == len(prompt_ids) - 1 + segment
+    assert runs["segment"][0].trace.backward_tokens == segment
+
+
+def test_relative_cap_binds_and_is_counted(tiny):
+    model, tok = tiny
+    rho = 1e-3
+    cfg = PoTConfig(max_updates=3, segment_tokens=4, lr=0.2, rank=4, layer_stride=2, max_relative_norm=rho)
+    gen = PoTGenerator(model, tok, cfg, reward=ConstantReward(1.0))
+    (result,) = gen.generate(PROMPTS[:1], max_new_tokens=16)
+    assert len(result.trace.updates) == 3 and result.trace.capped_updates == 3
+    assert all(u.capped_targets == len(gen.bank.adapted) for u in result.trace.updates)
+    with torch.no_grad():
+        for t in gen.bank.adapted:
+            ratio = float((gen.bank.scaling * t.A[0] @ t.B[0]).norm() / t.module.weight.norm())
+            assert ratio == pytest.approx(rho, rel=1e-4)
+    total = math.sqrt(sum((rho * float(t.module.weight.norm())) ** 2 for t in gen.bank.adapted))
+    assert result.trace.updates[-1].adapter_norm == pytest.approx(total, rel=1e-4)
