@@ -1,4 +1,4 @@
-"""pot: policy-of-thoughts generation with transient per-request LoRA slots (issue 7)."""
+"""pot: policy-of-thoughts generation with transient per-request LoRA slots."""
 
 from pot.adapters import SlotAdapterBank, find_attention_projections
 from pot.config import PoTConfig
