@@ -12,7 +12,7 @@ import time
 import torch
 
 from cat.estimators import pass_at_k
-from recipes.models import load_pretrained
+from core.models import load_pretrained
 from recipes.tasks import load_task
 
 

@@ -23,7 +23,7 @@ from peft import PeftModel
 
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
-from recipes.models import load_pretrained
+from core.models import load_pretrained
 from recipes.train import load_eval_task, train
 
 

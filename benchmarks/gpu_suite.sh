@@ -113,7 +113,7 @@ if [ $smoke = 1 ]; then
   parallel=${SUITE_PARALLEL:-0}
 else
   model=smollm2-135m-instruct
-  run convert_model 90 "$PY" -c "from recipes.models import resolve_model_path; print(resolve_model_path('$model'))"
+  run convert_model 90 "$PY" -c "from core.models import resolve_model_path; print(resolve_model_path('$model'))"
   sampler_args=(--model "$model" --dtype bfloat16 --batches 1,64,256 --n 16 --max-new-tokens 128)
   pot_args=(--model "$model" --dtype bfloat16 --updates 8 --segment 32 --batch-sizes 1,8,32)
   trainer_args=(--model "$model" --load-in-4bit --steps 12 --rounds 2)

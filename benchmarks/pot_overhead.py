@@ -22,11 +22,11 @@ QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as m
 
 def load(name: str, dtype: str, device: str):
     if name == "tiny":
-        from recipes.tiny_llama import tiny_llama
+        from core.tiny_llama import tiny_llama
 
         model, tok = tiny_llama()
         return model.to(device), tok
-    from recipes.models import load_pretrained
+    from core.models import load_pretrained
 
     return load_pretrained(name, dtype=dtype, load_in_4bit=False, device=device)
 

@@ -26,7 +26,7 @@ import torch
 from transformers import GenerationConfig
 
 from pot.sampling import SamplingConfig, sample
-from recipes.models import load_pretrained
+from core.models import load_pretrained
 
 
 def _sync() -> None:

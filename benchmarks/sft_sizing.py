@@ -49,7 +49,7 @@ from pot.evaluation import curves
 from pot.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import evaluate_model
-from recipes.models import load_pretrained
+from core.models import load_pretrained
 from recipes.train import build_trainer, load_eval_task, load_model, load_train_task
 
 

@@ -56,7 +56,7 @@ _SAVED_TINY: list[str] = []
 
 def load(model_name: str, load_in_4bit: bool):
     if model_name == "tiny":
-        from recipes.tiny_llama import tiny_llama
+        from core.tiny_llama import tiny_llama
 
         if not load_in_4bit:
             return tiny_llama()
@@ -67,7 +67,7 @@ def load(model_name: str, load_in_4bit: bool):
             tokenizer.save_pretrained(path)
             _SAVED_TINY.append(path)
         model_name = _SAVED_TINY[0]
-    from recipes.models import load_pretrained
+    from core.models import load_pretrained
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     return load_pretrained(model_name, dtype=dtype, load_in_4bit=load_in_4bit)

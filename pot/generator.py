@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
+from core.models import disable_cpu_4bit_repack
 from pot.adapters import SlotAdapterBank, find_attention_projections
 from pot.config import PoTConfig
 from pot.optim import SlotAdam
@@ -103,10 +104,7 @@ class PoTGenerator:
         if not self.stop_ids:
             raise ValueError("tokenizer.eos_token_id and generation_config.eos_token_id are None: PoT needs an "
                              "end-of-sequence token")
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                # bnb 4-bit repacks weights in eval no-grad forwards on AVX512-BF16 CPUs, killing later gradients.
-                module.support_avx512bf16_for_cpu = False
+        disable_cpu_4bit_repack(model)
         if reward is None:
             if cfg.reward in ("verifier", "majority"):
                 kind = "VerifierReward(check)" if cfg.reward == "verifier" else "MajorityReward(answer_fn)"

@@ -290,7 +290,7 @@ def _load_adapter(model, adapter: str):
 def run_eval(args: argparse.Namespace) -> dict:
     from recipes import tracking
     from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
-    from recipes.models import load_pretrained, resolve_dtype
+    from core.models import load_pretrained, resolve_dtype
     from recipes.provenance import adapter_fingerprint, model_fingerprint
     from recipes.run_dir import open_run_dir
     from recipes.tasks import load_task
@@ -356,7 +356,7 @@ def _load_vllm(args: argparse.Namespace):
     from transformers import AutoTokenizer
 
     from pot.sampling import VLLMModel
-    from recipes.models import resolve_model_path
+    from core.models import resolve_model_path
 
     path = resolve_model_path(args.model)
     if not args.adapter:

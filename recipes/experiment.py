@@ -30,7 +30,7 @@ from core.files import atomic_write_bytes, atomic_write_json
 from pot.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
-from recipes.models import load_pretrained, resolve_model_path
+from core.models import load_pretrained, resolve_model_path
 from recipes.plotting import plot_differences, plot_results
 from recipes.run_dir import open_run_dir
 from recipes.train import base_eval_source, load_eval_task, train

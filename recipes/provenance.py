@@ -149,7 +149,7 @@ def model_fingerprint(name_or_path: str, cache_dir: str | Path | None = None) ->
     The tiny test Llama is built from code and seeded (its identity is catpot's version); a Hub id not in the local
     Hugging Face cache is identified by its name.
     """
-    from recipes.models import EMBEDDED, TINY, embedded_checkpoint
+    from core.models import EMBEDDED, TINY, embedded_checkpoint
 
     if name_or_path == TINY:
         return {"name": TINY, "weights": None}

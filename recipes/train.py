@@ -42,7 +42,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from core.files import atomic_write_json, atomic_write_text
 from recipes import tracking
 from recipes.config import Recipe, _closest, to_dict, value_matches
-from recipes.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
+from core.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
 from recipes.plotting import plot_training
 from recipes.provenance import check_adapter, model_fingerprint, weights_fingerprint
 from recipes.run_dir import open_run_dir

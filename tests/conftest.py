@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tiny():
     """A fresh tiny random GQA Llama and its character tokenizer: ``(model, tokenizer)``."""
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
 
     return tiny_llama()
 
@@ -48,6 +48,6 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M-Instruct, converted once and cached: ``(model, tokenizer)`` in fp32 on CPU."""
-    from recipes.models import load_pretrained
+    from core.models import load_pretrained
 
     return load_pretrained("smollm2-135m-instruct", dtype="float32", load_in_4bit=False)

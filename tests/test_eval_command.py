@@ -20,7 +20,7 @@ from pot.scorers import RewardModelScorer, vote_weights
 from recipes.eval_command import (EvalConfig, evaluate_model, log_to_wandb, parameter_count, print_results_table,
                                   register)
 from recipes.tasks import Task, load_task
-from recipes.tiny_llama import tiny_tokenizer
+from core.tiny_llama import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ def test_parameter_count_on_meta_matches_the_loaded_model(tiny, tmp_path):
 def test_task_options_and_pot_on_a_trained_adapter(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from recipes.models import load_pretrained
+    from core.models import load_pretrained
 
     model, _ = load_pretrained("tiny-llama", dtype="float32")
     lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # non-zero: a real change

@@ -16,7 +16,7 @@ from pot.records import read_records
 from recipes.eval_command import register
 from recipes.provenance import git_revision, model_fingerprint
 from recipes.tasks import load_task
-from recipes.tiny_llama import tiny_tokenizer
+from core.tiny_llama import tiny_tokenizer
 
 
 def catpot(argv):

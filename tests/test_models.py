@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from recipes import models
+from core import models
 
 
 def test_tiny_llama_by_name():
@@ -68,7 +68,7 @@ def test_embedded_model_in_4bit_on_cpu(smollm2):
 @pytest.mark.slow
 def test_killed_conversion_leaves_nothing_that_loads(tmp_path):
     """SIGKILL mid-conversion: the cache holds no completed model, so the next load converts again."""
-    code = "from recipes.models import embedded_checkpoint; import sys; embedded_checkpoint(cache_dir=sys.argv[1])"
+    code = "from core.models import embedded_checkpoint; import sys; embedded_checkpoint(cache_dir=sys.argv[1])"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".smollm2") for p in tmp_path.iterdir()):

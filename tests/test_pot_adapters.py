@@ -168,7 +168,7 @@ def test_bf16_adapted_projection_is_the_rounded_fp32_sum():
     """A bf16 model's adapted projection is round_bf16(W x + ΔW x) of the exact sum (within bf16's half ulp of the
     sum), so a delta far below half an ulp of W x still changes every output whose rounding it changes; adding it to
     the already rounded bf16 W x would leave those unchanged."""
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
 
     model, _ = tiny_llama(dtype=torch.bfloat16)
     bank = SlotAdapterBank(model, 2, rank=4, alpha=8.0, layer_stride=4, targets="q")

@@ -295,7 +295,7 @@ def test_reprefill_is_exact_and_stale_cache_is_not(tiny):
 
 
 def test_q_only_cache_exact_when_adapter_is_on_last_attention_layer():
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
 
     model, tok = tiny_llama(num_layers=1)
     ids = torch.tensor([_encode(tok, "some context here")])

@@ -1,7 +1,7 @@
 """Prompt control reaches training: TRL tokenizes the plain-text prompt and trains on exactly the target."""
 
 from recipes.config import recipe_from_dict
-from recipes.models import load_pretrained
+from core.models import load_pretrained
 from recipes.train import build_trainer, check_recipe
 
 

@@ -478,7 +478,7 @@ def test_a_corrupt_adapter_is_named_by_file(tmp_path, capsys, tiny):
 
 
 def test_stale_staging_directories_are_removed_and_a_live_converters_kept(tmp_path):
-    from recipes.models import STAGING_OWNER, remove_stale_staging
+    from core.models import STAGING_OWNER, remove_stale_staging
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -505,11 +505,11 @@ def test_stale_staging_directories_are_removed_and_a_live_converters_kept(tmp_pa
 def test_a_corrupt_cache_is_rebuilt_and_a_killed_conversion_cleaned_up(tmp_path, capsys):
     """A killed conversion's staging directory goes at the next conversion, which a corrupt cache triggers; the new
     cache has ordinary permissions."""
-    from recipes import models
+    from core import models
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    code = "from recipes.models import embedded_checkpoint; import sys; embedded_checkpoint(cache_dir=sys.argv[1])"
+    code = "from core.models import embedded_checkpoint; import sys; embedded_checkpoint(cache_dir=sys.argv[1])"
     killed = subprocess.Popen([sys.executable, "-c", code, str(cache)], env=ENV, stderr=subprocess.DEVNULL)
     wait_for(lambda: any(cache.glob(".smollm2-135m-instruct-*")), killed)
     time.sleep(1.0)  # inside the conversion
@@ -536,7 +536,7 @@ def test_a_corrupt_cache_is_rebuilt_and_a_killed_conversion_cleaned_up(tmp_path,
 
 
 def test_cache_check_finds_truncated_missing_and_garbage_files(tmp_path):
-    from recipes.models import COMPLETE_MARKER, cache_problem
+    from core.models import COMPLETE_MARKER, cache_problem
 
     target = tmp_path / "model"
     target.mkdir()

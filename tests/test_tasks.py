@@ -202,7 +202,7 @@ def test_fewshot_examples_come_from_the_train_split_and_never_from_the_problems(
 
 
 def test_prompts_render_as_chat_turns_chat_text_or_plain_text():
-    from recipes.tiny_llama import tiny_tokenizer
+    from core.tiny_llama import tiny_tokenizer
 
     tok = tiny_tokenizer()
     chat = load_task("arithmetic", split="test", size=2, fewshot=2, system_prompt="Be exact.")

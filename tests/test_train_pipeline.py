@@ -156,7 +156,7 @@ def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
 
 
 def test_dynamic_majority_clusters_a_group_by_the_verifiers_equivalence(tmp_path):
-    from recipes.models import load_pretrained
+    from core.models import load_pretrained
     from recipes.train import build_trainer, check_recipe
 
     recipe = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"), "logging": {"mode": "disabled"},

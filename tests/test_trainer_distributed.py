@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
     import trainers.grpo
     from trainers import CATGRPOConfig, CATGRPOTrainer, CATSFTConfig, CATSFTTrainer
 

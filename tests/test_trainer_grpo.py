@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from cat.estimators import RewardHistory, passk_training_advantage, pkpo_sloo_minus_one
-from recipes.tiny_llama import tiny_llama
+from core.tiny_llama import tiny_llama
 from trainers import CATGRPOConfig, CATGRPOTrainer
 from trainers.cat_weights import compute_cat_weights
 

@@ -7,9 +7,9 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from recipes.tiny_llama import tiny_llama
+from core.tiny_llama import tiny_llama
 from trainers import CATGRPOConfig, CATGRPOTrainer, CATSFTConfig, CATSFTTrainer
-from trainers.quantization import nf4_config
+from core.models import nf4_config
 
 COMMON = dict(
     use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", dataloader_pin_memory=False,
@@ -83,7 +83,7 @@ def test_sft_qlora_trains(tmp_path, tiny_4bit):
 
 @pytest.mark.slow
 def test_gguf_flagged_model_is_refused(tmp_path):
-    from recipes.models import embedded_gguf
+    from core.models import embedded_gguf
 
     gguf = embedded_gguf("smollm2-135m-instruct")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent(
     import json, os, signal, sys
     from datasets import Dataset
     from transformers import TrainerCallback
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
     import trainers.grpo
     from trainers import CATGRPOConfig, CATGRPOTrainer
 
@@ -93,7 +93,7 @@ def test_cat_state_is_restored_by_the_hook_every_backend_runs(tmp_path):
     from datasets import Dataset
 
     from cat.estimators import RewardHistory
-    from recipes.tiny_llama import tiny_llama
+    from core.tiny_llama import tiny_llama
     from trainers import CATGRPOConfig, CATGRPOTrainer
     from trainers.checkpointing import save_cat_state
 

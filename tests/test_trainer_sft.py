@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from recipes.tiny_llama import tiny_llama
+from core.tiny_llama import tiny_llama
 from trainers import CATSFTConfig, CATSFTTrainer
 from trainers.sft import pairwise_contrastive_token_loss
 

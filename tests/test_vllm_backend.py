@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import recipes.models  # noqa: F401  (imports TRL, which probes for vllm once: before any stand-in exists)
+import core.models  # noqa: F401  (imports TRL, which probes for vllm once: before any stand-in exists)
 from conftest import REPO_ROOT
 from pot.records import read_records
 from pot.sampling import SamplingConfig, VLLMModel, _sample_vllm, prompt_seed

@@ -16,7 +16,7 @@ from cat.estimators import PER_SAMPLE_ESTIMATORS, RewardHistory, passk_training_
 from trainers.cat_weights import P_FLOOR, CATWeights, compute_cat_weights
 from trainers.checkpointing import load_cat_state, save_cat_state
 from trainers.grpo_config import CATGRPOConfig
-from trainers.quantization import disable_cpu_4bit_repack, refuse_gguf_quantized
+from core.models import disable_cpu_4bit_repack, refuse_gguf_quantized
 
 AnswerKeysFn = Callable[[list[Any]], list[Hashable | None]]
 

@@ -10,7 +10,7 @@ from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from cat.operators import MajorityVote, PassAtN
-from trainers.quantization import disable_cpu_4bit_repack, refuse_gguf_quantized
+from core.models import disable_cpu_4bit_repack, refuse_gguf_quantized
 from trainers.sft_config import CATSFTConfig
 
 NUM_RIVALS = 4

