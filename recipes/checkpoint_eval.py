@@ -87,3 +87,29 @@ def evaluate_checkpoints(recipe: Recipe) -> dict[int, Path]:
             evaluate_model(model.eval(), tokenizer, task, recipe.eval, directory,
                            model_name=f"{run_label(recipe)} step {step}", source=eval_source(recipe, checkpoints[step]))
     return dirs
+
+
+def pending(recipe: Recipe) -> list[int]:
+    """The steps whose checkpoint evaluation has no ``results.json`` yet (what ``evaluate_checkpoints`` will sample)."""
+    out = Path(recipe.output_dir)
+    return [step for step, d in step_eval_dirs(recipe).items()
+            if d != out / EVAL_DIR and not (d / "results.json").is_file()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m recipes.checkpoint_eval RECIPE [--set K=V ...]``: ``evaluate_checkpoints`` of one run (what
+    ``catpot experiment --jobs J`` starts for J arms at once)."""
+    import argparse
+
+    from recipes.config import load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m recipes.checkpoint_eval")
+    parser.add_argument("recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    args = parser.parse_args(argv)
+    for step, directory in evaluate_checkpoints(load_recipe(args.recipe, args.set)).items():
+        print(f"step {step}: {directory}")
+
+
+if __name__ == "__main__":
+    main()

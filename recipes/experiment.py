@@ -18,7 +18,8 @@ each arm's offline W&B run (upload with ``wandb sync results/NAME/wandb/<arm>/of
 Evaluation along training: every saved ``checkpoint-N`` of an arm is evaluated with the arm's eval settings into
 ``<arm output_dir>/eval/checkpoint-N/`` (``recipes.checkpoint_eval``; the checkpoint holding the final weights is the
 evaluation after training), and ``--results`` also receives ``<arm>.checkpoint-N.json`` and
-``<arm>.checkpoint-N.records.jsonl.gz`` for each of them.
+``<arm>.checkpoint-N.records.jsonl.gz`` for each of them. ``--jobs J`` evaluates J arms' checkpoints at once, as
+separate processes logging to ``<arm output_dir>.log``.
 
 ``--seeds S1 S2 ...`` runs ``--seed S`` for each (results into ``RESULTS-seedS``, so ``results/NAME-seedS`` by
 default), then writes the across-seed analysis into ``RESULTS`` (default ``results/NAME``; see
@@ -39,7 +40,7 @@ from pathlib import Path
 from core.files import atomic_write_bytes, atomic_write_json
 from pot.records import read_records
 from recipes.config import load_recipe
-from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, step_eval_dirs
+from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
 from recipes.eval_command import compare_directories, evaluate_model
 from recipes.models import load_pretrained, resolve_model_path
 from recipes.plotting import plot_differences, plot_results
@@ -95,6 +96,28 @@ def train_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, l
             future.result()
 
 
+def evaluate_checkpoints_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, list[str]],
+                                    jobs: int) -> None:
+    """``recipes.checkpoint_eval`` for every arm with checkpoints left to evaluate, ``jobs`` processes at a time,
+    each appending to ``<arm output_dir>.log``; a failed arm names its log."""
+    todo = [name for name, recipe in arms.items() if recipe.eval.enabled and pending(recipe)]
+
+    def evaluate_arm(name: str) -> None:
+        log = Path(f"{arms[name].output_dir}.log")
+        command = [sys.executable, "-m", "recipes.checkpoint_eval", str(paths[name]),
+                   *(f"--set={o}" for o in overrides[name])]
+        print(f"evaluating the checkpoints of arm {name}: log {log}")
+        with open(log, "a") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise ChildProcessError(f"experiment: checkpoint evaluation of arm {name!r} failed with exit code {code}; "
+                                    f"see {log}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(evaluate_arm, name) for name in todo]:
+            future.result()
+
+
 def evaluate_base_model(recipe, out_dir: Path) -> dict:
     """The untrained model on the arms' held-out problems, with the arms' evaluation settings.
 
@@ -147,9 +170,12 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
     for name, recipe in arms.items():
         train(recipe, resume=True)  # after parallel training: only reports "already complete"
         eval_dirs[name] = Path(recipe.output_dir) / EVAL_DIR
+    if jobs > 1:
+        evaluate_checkpoints_in_parallel(paths, arms, arm_overrides, jobs)
     for name, recipe in arms.items():
         if recipe.eval.enabled:
-            checkpoint_dirs[name] = {step: d for step, d in evaluate_checkpoints(recipe).items() if d != eval_dirs[name]}
+            dirs = evaluate_checkpoints(recipe)  # after parallel evaluation: reuses the records
+            checkpoint_dirs[name] = {step: d for step, d in dirs.items() if d != eval_dirs[name]}
     reference = arms[BASELINE]
     base_dir = Path(reference.output_dir).parent / BASE_MODEL / "eval"
     evaluate_base_model(reference, base_dir)

@@ -161,11 +161,12 @@ def _signed(row: dict) -> str:
 def markdown(summary: dict) -> str:
     """Tables: every arm at the last step; arm − baseline at every step (mean over seeds, t interval, each seed)."""
     last, kmax = summary["steps"][-1], max(summary["ks"])
-    metrics = [(s, k) for s in summary["strategies"] for k in sorted({1, kmax})]
+    metrics = [(s, k) for s, k in (("pass", 1), ("pass", kmax), ("maj", kmax)) if s in summary["strategies"]]
     seeds = summary["seeds"]
     curve = {(r["arm"], r["step"], r["strategy"], r["k"]): r for r in summary["curves"]}
-    lines = [f"Seeds {', '.join(map(str, seeds))}; mean over seeds with the {summary['intervals']['across_seeds']}; "
-             f"in brackets after a seed's difference, its {summary['intervals']['within_seed']}.", "",
+    lines = [f"Seeds {', '.join(map(str, seeds))}. Mean over seeds [{summary['intervals']['across_seeds']}]; "
+             f"after each seed's difference, [its {summary['intervals']['within_seed']}]. Step 0 is the base "
+             "model.", "",
              f"### Every arm at step {last}", "",
              "| arm | " + " | ".join(f"{s}@{k}" for s, k in metrics) + " |",
              "|---|" + "---|" * len(metrics)]
@@ -201,7 +202,9 @@ def deterministic_tar_gz(directories: list[Path], arcroot: str) -> bytes:
                 if path.is_symlink() or not (path.is_dir() or path.is_file()):
                     continue
                 name = f"{arcroot}/{directory.name}"
-                info = tarfile.TarInfo(name if path == directory else f"{name}/{path.relative_to(directory).as_posix()}")
+                if path != directory:
+                    name += f"/{path.relative_to(directory).as_posix()}"
+                info = tarfile.TarInfo(name)
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 if path.is_dir():
                     info.type, info.mode = tarfile.DIRTYPE, 0o755

@@ -90,7 +90,12 @@ def test_seeds_evaluate_every_checkpoint_and_aggregate_over_seeds(tmp_path, caps
         recipe["output_dir"] = str(tmp_path / "runs" / "exp" / arm)
         (arms / f"{arm}.yaml").write_text(yaml.safe_dump(recipe))
     results = tmp_path / "results" / "exp"
+    results.mkdir(parents=True)  # where the benchmarks that designed the experiment left their reports
+    designed = {name: f'{{"{name}": true}}' for name in ("pilot.json", "sizing.json")}
+    for name, text in designed.items():
+        (results / name).write_text(text)
     assert main(["experiment", str(arms), "--results", str(results), "--seeds", "0", "1"]) == 0
+    assert all((results / name).read_text() == text for name, text in designed.items())
     assert "Arm − baseline at every step" in capsys.readouterr().out
     runs = {seed: tmp_path / "runs" / f"exp-seed{seed}" for seed in (0, 1)}
     for seed, run in runs.items():
@@ -132,6 +137,18 @@ def test_seeds_evaluate_every_checkpoint_and_aggregate_over_seeds(tmp_path, caps
     assert archives == ["passn4-seed0.tar.gz", "passn4-seed1.tar.gz"]
     with tarfile.open(results / "wandb" / "passn4-seed1.tar.gz") as tar:
         assert any(name.endswith(".wandb") for name in tar.getnames())
+    # the entry point `--jobs` starts per arm: a lost checkpoint evaluation comes back with the same samples
+    from recipes.checkpoint_eval import main as evaluate_checkpoints_main
+    from recipes.checkpoint_eval import pending
+    from recipes.config import load_recipe
+
+    lost = runs[1] / "passn4" / "eval" / "checkpoint-1"
+    kept = {i: [s["text"] for s in r["samples"]] for i, r in _records(lost).items()}
+    overrides = ["seed=1", f"output_dir={runs[1] / 'passn4'}"]
+    (lost / "results.json").unlink(), (lost / "records.jsonl").unlink()
+    assert pending(load_recipe(arms / "passn4.yaml", overrides)) == [1]
+    evaluate_checkpoints_main([str(arms / "passn4.yaml"), *(f"--set={o}" for o in overrides)])
+    assert {i: [s["text"] for s in r["samples"]] for i, r in _records(lost).items()} == kept
     # a rerun resumes everything: no sample is drawn again, the committed bytes stay the same
     before = {p: p.read_bytes() for p in [*results.rglob("*.json"), *results.rglob("*.gz"),
                                           *(tmp_path / "runs").rglob("records.jsonl")]}
