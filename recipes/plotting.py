@@ -156,6 +156,7 @@ def plot_seed_steps(rows: list[dict], out_png: str | Path, metrics: list[tuple[s
             steps = [p["step"] for p in points]
             ax.plot(steps, [p["mean"] for p in points], marker="o", color=colour, label=arm)
             _band(ax, steps, points, colour)
+        ax.set_xticks(sorted({r["step"] for r in rows}))
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{strategy}@{k}")
         ax.set_ylim(-0.02, 1.02)
@@ -189,6 +190,7 @@ def plot_seed_differences(rows: list[dict], out_png: str | Path, metrics: list[t
                     ax.errorbar([x], [s["difference"]], yerr=[[s["difference"] - s["ci_low"]],
                                                               [s["ci_high"] - s["difference"]]],
                                 fmt=".", color=colour, alpha=0.4, capsize=2, markersize=3)
+        ax.set_xticks(sorted({r["step"] for r in rows}))
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{strategy}@{k}: arm − {baseline}")
         ax.legend(fontsize=7)
