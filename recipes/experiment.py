@@ -39,8 +39,8 @@ from pathlib import Path
 
 from core.files import atomic_write_bytes, atomic_write_json
 from pot.records import read_records
-from recipes.config import load_recipe
 from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
+from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
 from recipes.models import load_pretrained, resolve_model_path
 from recipes.plotting import plot_differences, plot_results

@@ -14,7 +14,8 @@ without training again: it only redoes what is missing (``final/``, the evaluati
     checkpoint-*/         Trainer checkpoints: adapter, optimizer, scheduler, RNG and the CAT state
     final/                the trained adapter and tokenizer, and train_summary.json (renamed into place complete)
     eval/                 per-problem records.jsonl, results.json and figures of the evaluation after training;
-                          eval/step-N/ those of the evaluations during training (``eval.every_steps``)
+                          eval/step-N/ those of the evaluations during training (``eval.every_steps``),
+                          eval/checkpoint-N/ those of checkpoint-N after it (``catpot experiment``)
     results.json          training summary + evaluation curves (the file ``catpot plot`` reads)
     training_curves.png   reward, loss and CAT weight statistics per step
     wandb/                the W&B run (offline: ``wandb sync OUTPUT_DIR/wandb/offline-run-*``)
