@@ -49,6 +49,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from recipes.experiment import run_experiment
 
+    if args.seeds is not None:
+        from recipes.experiment import run_seeds
+
+        if args.seed is not None:
+            raise ValueError("--seed and --seeds exclude each other")
+        print(f"results: {run_seeds(args.directory, args.seeds, args.results, args.set or [], jobs=args.jobs)}")
+        return 0
     print(f"results: {run_experiment(args.directory, args.results, args.set or [], jobs=args.jobs, seed=args.seed)}")
     return 0
 
@@ -106,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--jobs", type=int, default=1, help="arms trained at once, as separate processes (GPU)")
     experiment.add_argument("--seed", type=int, default=None,
                             help="replicate with every arm's seed set to this, into OUTPUT-seedS and results/NAME-seedS")
+    experiment.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                            help="run --seed S for each S (results into RESULTS-seedS), then analyse across the seeds "
+                                 "into RESULTS (default results/NAME)")
     experiment.set_defaults(func=cmd_experiment)
 
     recipes = subparsers.add_parser("recipes", help="list the shipped recipes")

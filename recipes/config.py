@@ -116,7 +116,8 @@ class EvalSection(EvalConfig):
     """``eval``: the evaluation run after training (``catpot eval``'s options) and the problems it uses.
 
     ``task`` defaults to the training task; ``size``/``subset`` as in ``task`` (the first ``size`` problems by
-    default); ``levels`` filters MATH/MATH-500 by difficulty.
+    default); ``levels`` filters MATH/MATH-500 by difficulty. ``every_steps: S`` also evaluates the policy every S
+    optimizer steps during training (``recipes.eval_callback``; needs ``enabled``).
     """
 
     enabled: bool = False
@@ -125,6 +126,15 @@ class EvalSection(EvalConfig):
     size: int | None = None
     subset: Literal["first", "random"] = "first"
     levels: list[int] | None = None
+    every_steps: int | None = None  # null, not 0: a recipe saved before the field existed resumes unchanged
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.every_steps is not None:
+            if isinstance(self.every_steps, bool) or not isinstance(self.every_steps, int) or self.every_steps < 1:
+                raise ValueError(f"eval.every_steps must be a positive int or null, got {self.every_steps!r}")
+            if not self.enabled:
+                raise ValueError(f"eval.every_steps={self.every_steps} needs eval.enabled: true")
 
 
 @dataclass

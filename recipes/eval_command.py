@@ -119,6 +119,7 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
                 "source": source or {}, "versions": library_versions(),
                 "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
+    identity.pop("every_steps", None)  # when training evaluates (a recipe's eval section), not how
     for name, default in (("stop", []), ("subset", "first")):  # fields added later: at their defaults they are left
         if identity.get(name) == default:                     # out, so records written before them stay resumable
             identity.pop(name)

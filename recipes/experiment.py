@@ -14,6 +14,17 @@ results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sa
 bootstrap of each arm against the baseline, per strategy and k), one figure per strategy with 95% intervals and
 ``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>/`` with
 each arm's offline W&B run (upload with ``wandb sync results/NAME/wandb/<arm>/offline-run-*``).
+
+Evaluation along training: every saved ``checkpoint-N`` of an arm is evaluated with the arm's eval settings into
+``<arm output_dir>/eval/checkpoint-N/`` (``recipes.checkpoint_eval``; the checkpoint holding the final weights is the
+evaluation after training), and ``--results`` also receives ``<arm>.checkpoint-N.json`` and
+``<arm>.checkpoint-N.records.jsonl.gz`` for each of them. ``--jobs J`` evaluates J arms' checkpoints at once, as
+separate processes logging to ``<arm output_dir>.log``.
+
+``--seeds S1 S2 ...`` runs ``--seed S`` for each (results into ``RESULTS-seedS``, so ``results/NAME-seedS`` by
+default), then writes the across-seed analysis into ``RESULTS`` (default ``results/NAME``; see
+``recipes.seed_analysis``): every arm at every step (0: the base model) over the seeds, arm − baseline paired within
+each seed and averaged across seeds, figures, and each arm's W&B runs as ``wandb/<arm>-seedS.tar.gz``.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from pathlib import Path
 
 from core.files import atomic_write_bytes, atomic_write_json
 from pot.records import read_records
+from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
 from core.models import load_pretrained, resolve_model_path
@@ -84,6 +96,28 @@ def train_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, l
             future.result()
 
 
+def evaluate_checkpoints_in_parallel(paths: dict[str, Path], arms: dict, overrides: dict[str, list[str]],
+                                    jobs: int) -> None:
+    """``recipes.checkpoint_eval`` for every arm with checkpoints left to evaluate, ``jobs`` processes at a time,
+    each appending to ``<arm output_dir>.log``; a failed arm names its log."""
+    todo = [name for name, recipe in arms.items() if recipe.eval.enabled and pending(recipe)]
+
+    def evaluate_arm(name: str) -> None:
+        log = Path(f"{arms[name].output_dir}.log")
+        command = [sys.executable, "-m", "recipes.checkpoint_eval", str(paths[name]),
+                   *(f"--set={o}" for o in overrides[name])]
+        print(f"evaluating the checkpoints of arm {name}: log {log}")
+        with open(log, "a") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise ChildProcessError(f"experiment: checkpoint evaluation of arm {name!r} failed with exit code {code}; "
+                                    f"see {log}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(evaluate_arm, name) for name in todo]:
+            future.result()
+
+
 def evaluate_base_model(recipe, out_dir: Path) -> dict:
     """The untrained model on the arms' held-out problems, with the arms' evaluation settings.
 
@@ -132,15 +166,24 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
               jobs: int) -> Path:
     if jobs > 1:
         train_in_parallel(paths, arms, arm_overrides, jobs)
-    eval_dirs = {}
+    eval_dirs, checkpoint_dirs = {}, {}
     for name, recipe in arms.items():
         train(recipe, resume=True)  # after parallel training: only reports "already complete"
-        eval_dirs[name] = Path(recipe.output_dir) / "eval"
+        eval_dirs[name] = Path(recipe.output_dir) / EVAL_DIR
+    if jobs > 1:
+        evaluate_checkpoints_in_parallel(paths, arms, arm_overrides, jobs)
+    for name, recipe in arms.items():
+        if recipe.eval.enabled:
+            dirs = evaluate_checkpoints(recipe)  # after parallel evaluation: reuses the records
+            checkpoint_dirs[name] = {step: d for step, d in dirs.items() if d != eval_dirs[name]}
     reference = arms[BASELINE]
     base_dir = Path(reference.output_dir).parent / BASE_MODEL / "eval"
     evaluate_base_model(reference, base_dir)
     eval_dirs[BASE_MODEL] = base_dir
-    for name, directory_ in eval_dirs.items():
+    committed = {name: directory_ for name, directory_ in eval_dirs.items()}
+    committed.update({f"{name}.{directory_.name}": directory_
+                      for name, dirs in checkpoint_dirs.items() for directory_ in dirs.values()})
+    for name, directory_ in committed.items():
         summary = json.loads((directory_ / "results.json").read_text())
         summary["model"] = name
         atomic_write_json(results / f"{name}.json", summary)
@@ -159,6 +202,51 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
     plot_differences({"": comparisons}, results / "difference_vs_baseline.png")
     print_comparisons(comparisons)
     return results
+
+
+def seed_sources(directory: str | Path, seeds: list[int], overrides: list[str] = ()) -> tuple[dict, dict, dict]:
+    """``({seed: {arm: {step: eval dir}}}, {seed: {arm: output_dir}}, {seed: bootstrap seed})`` of the replications
+    ``--seed S`` wrote; step 0 of every arm is the seed's base-model evaluation."""
+    paths = arm_paths(directory)
+    sources, outputs, bootstrap = {}, {}, {}
+    for seed in seeds:
+        arms = {name: load_recipe(path, seed_overrides(path, list(overrides), seed)) for name, path in paths.items()}
+        base = Path(arms[BASELINE].output_dir).parent / BASE_MODEL / EVAL_DIR
+        sources[seed] = {name: {**({0: base} if (base / "results.json").is_file() else {}), **step_eval_dirs(recipe)}
+                         for name, recipe in arms.items() if recipe.eval.enabled}
+        outputs[seed] = {name: Path(recipe.output_dir) for name, recipe in arms.items()}
+        bootstrap[seed] = arms[BASELINE].seed
+    return sources, outputs, bootstrap
+
+
+def analyse_seeds(directory: str | Path, seeds: list[int], results_dir: str | Path | None = None,
+                  overrides: list[str] = ()) -> Path:
+    """The across-seed analysis (``recipes.seed_analysis``) of finished replications, into ``results_dir``."""
+    from recipes.seed_analysis import analyse, write_analysis, write_wandb_archives
+
+    group = Path(directory).resolve().name
+    results = Path(results_dir or Path("results") / group)
+    reference = load_recipe(arm_paths(directory)[BASELINE], list(overrides))
+    strategies = [s for s in reference.eval.strategies if s != "pot"]
+    with open_run_dir(results, "experiment", "--results", resume=True):
+        sources, outputs, bootstrap = seed_sources(directory, seeds, overrides)
+        summary = analyse(sources, strategies, reference.eval.ks, BASELINE, bootstrap)
+        summary["experiment"] = group
+        write_analysis(summary, results)
+        write_wandb_archives(outputs, results)
+    print((results / "seeds.md").read_text())
+    return results
+
+
+def run_seeds(directory: str | Path, seeds: list[int], results_dir: str | Path | None = None,
+              overrides: list[str] = (), jobs: int = 1) -> Path:
+    """``--seeds``: each replication in turn (``run_experiment`` with ``seed``), then ``analyse_seeds``."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list distinct seeds, got {seeds!r}")
+    results = Path(results_dir or Path("results") / Path(directory).resolve().name)
+    for seed in seeds:
+        run_experiment(directory, results.with_name(f"{results.name}-seed{seed}"), overrides, jobs=jobs, seed=seed)
+    return analyse_seeds(directory, seeds, results, overrides)
 
 
 def print_comparisons(rows: list[dict]) -> None:

@@ -1,5 +1,7 @@
 """Figures: accuracy vs N and vs compute from ``results.json`` files (one line per strategy and checkpoint, 95% CI
-bands), each experiment arm's paired difference from its baseline, and the training curves of a run."""
+bands), each experiment arm's paired difference from its baseline, the training curves of a run, and a replicated
+experiment over its seeds (``recipes.seed_analysis``: curves at the last step, metrics and differences against the
+training step, with the across-seed interval as a band)."""
 
 from __future__ import annotations
 
@@ -101,3 +103,98 @@ def plot_training(log_history: list[dict], path: Path, label: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _arm_colours(rows: list[dict]) -> dict[str, str]:
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    return {arm: f"C{i}" for i, arm in enumerate(arms)}
+
+
+def _band(ax, xs, rows, colour) -> None:
+    """The across-seed interval of ``rows`` (None with one seed: no band)."""
+    if all(r["ci_low"] is not None for r in rows):
+        ax.fill_between(xs, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=colour, alpha=0.12)
+
+
+def plot_seed_curves(rows: list[dict], out_png: str | Path, step: int, strategies: list[str]) -> Path:
+    """Each arm's mean over seeds against k at ``step`` (``recipes.seed_analysis`` curve rows), the across-seed
+    interval as a band and each seed as faint points; one panel per strategy."""
+    colours = _arm_colours(rows)
+    fig, axes = plt.subplots(1, len(strategies), figsize=(5.5 * len(strategies), 4), squeeze=False)
+    for ax, strategy in zip(axes[0], strategies):
+        for arm, colour in colours.items():
+            points = sorted((r for r in rows if r["arm"] == arm and r["step"] == step and r["strategy"] == strategy),
+                            key=lambda r: r["k"])
+            if not points:
+                continue
+            ks = [p["k"] for p in points]
+            ax.plot(ks, [p["mean"] for p in points], marker="o", color=colour, label=arm)
+            _band(ax, ks, points, colour)
+            for p in points:
+                ax.scatter([p["k"]] * len(p["seeds"]), [s["value"] for s in p["seeds"]], color=colour, s=6, alpha=0.4)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples per problem (k)")
+        ax.set_ylabel(f"{strategy}@k at step {step}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_seed_steps(rows: list[dict], out_png: str | Path, metrics: list[tuple[str, int]]) -> Path:
+    """Each arm's mean over seeds against the training step (step 0: the base model), one panel per (strategy, k)."""
+    colours = _arm_colours(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, (strategy, k) in zip(axes[0], metrics):
+        for arm, colour in colours.items():
+            points = sorted((r for r in rows if r["arm"] == arm and r["strategy"] == strategy and r["k"] == k),
+                            key=lambda r: r["step"])
+            if not points:
+                continue
+            steps = [p["step"] for p in points]
+            ax.plot(steps, [p["mean"] for p in points], marker="o", color=colour, label=arm)
+            _band(ax, steps, points, colour)
+        ax.set_xticks(sorted({r["step"] for r in rows}))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{strategy}@{k}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_seed_differences(rows: list[dict], out_png: str | Path, metrics: list[tuple[str, int]],
+                          baseline: str = "baseline") -> Path:
+    """Arm − baseline against the training step: mean over seeds with the across-seed band, and every seed's paired
+    difference with its paired-bootstrap interval as an error bar (offset sideways to stay readable)."""
+    colours = _arm_colours(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, (strategy, k) in zip(axes[0], metrics):
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        for index, (arm, colour) in enumerate(colours.items()):
+            points = sorted((r for r in rows if r["arm"] == arm and r["strategy"] == strategy and r["k"] == k),
+                            key=lambda r: r["step"])
+            if not points:
+                continue
+            steps = [p["step"] for p in points]
+            ax.plot(steps, [p["mean"] for p in points], marker="o", color=colour, label=arm)
+            _band(ax, steps, points, colour)
+            width = (max(steps) - min(steps) or 1) * 0.012
+            for p in points:
+                for j, s in enumerate(p["seeds"]):
+                    x = p["step"] + width * (index - len(colours) / 2 + j / max(len(p["seeds"]), 1))
+                    ax.errorbar([x], [s["difference"]], yerr=[[s["difference"] - s["ci_low"]],
+                                                              [s["ci_high"] - s["difference"]]],
+                                fmt=".", color=colour, alpha=0.4, capsize=2, markersize=3)
+        ax.set_xticks(sorted({r["step"] for r in rows}))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{strategy}@{k}: arm − {baseline}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)

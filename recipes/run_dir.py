@@ -26,9 +26,10 @@ from core.files import LOCK_FILE, DirectoryLock, atomic_write_json
 MARKER_FILE = ".catpot-run"
 KINDS = ("train", "eval", "experiment")
 BOOKKEEPING = frozenset({MARKER_FILE, LOCK_FILE})  # what a start that failed before the run began may leave
-# What an older catpot's run directory (without a marker) holds, by kind.
+# What an older catpot's run directory (without a marker) holds, by kind; an experiment's results directory may also
+# hold only what the benchmarks that designed it wrote there (benchmarks/*_pilot.py, benchmarks/sft_sizing.py).
 LEGACY_SIGNS = {"train": ("recipe.yaml",), "eval": ("records.jsonl",),
-                "experiment": ("comparisons.json", "*.records.jsonl.gz")}
+                "experiment": ("comparisons.json", "*.records.jsonl.gz", "pilot.json", "sizing.json")}
 
 
 def catpot_version() -> str:

@@ -13,7 +13,9 @@ without training again: it only redoes what is missing (``final/``, the evaluati
     recipe.yaml           the resolved recipe, written when training starts; ``--resume`` refuses a different one
     checkpoint-*/         Trainer checkpoints: adapter, optimizer, scheduler, RNG and the CAT state
     final/                the trained adapter and tokenizer, and train_summary.json (renamed into place complete)
-    eval/                 per-problem records.jsonl, results.json and figures of the evaluation after training
+    eval/                 per-problem records.jsonl, results.json and figures of the evaluation after training;
+                          eval/step-N/ those of the evaluations during training (``eval.every_steps``),
+                          eval/checkpoint-N/ those of checkpoint-N after it (``catpot experiment``)
     results.json          training summary + evaluation curves (the file ``catpot plot`` reads)
     training_curves.png   reward, loss and CAT weight statistics per step
     wandb/                the W&B run (offline: ``wandb sync OUTPUT_DIR/wandb/offline-run-*``)
@@ -347,6 +349,10 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
             trainer = build_trainer(recipe, model, tokenizer, prepared)
             if run is not None:
                 tracking.use_safe_callback(trainer)
+            if recipe.eval.every_steps is not None:
+                from recipes.eval_callback import EvalCallback
+
+                trainer.add_callback(EvalCallback(recipe, prepared.eval_task, tokenizer, out / "eval", run))
             if not (out / RECIPE_FILE).is_file():  # the run starts here: from now on --resume continues it
                 atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(to_dict(recipe), sort_keys=False))
             if checkpoint:
