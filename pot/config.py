@@ -26,14 +26,14 @@ class PoTConfig:
     update moves the mean next-token KL to the base model to at least 1e-2 nats (enough to flip near-tied answer
     tokens) while 16 updates keep the adapter below 5% of the adapted weights' norm (relative ||ΔW||_F / ||W||_F).
 
-    Segment-mode defaults follow the design where it is sound: rank 8, alpha 16 (scaling alpha/r), q and v of every 4th layer,
-    128-token segments, at most 16 updates, Adam(lr 3e-4, betas (0.9, 0.95)), per-slot gradient clip 1.0 and
-    adapter-norm cap 2.0, an EMA reward baseline with decay 0.9.
+    Segment-mode defaults: rank 8, alpha 16 (scaling alpha/r), q and v of every 4th layer, 128-token segments, at
+    most 16 updates, Adam(lr 3e-4, betas (0.9, 0.95)), per-slot gradient clip 1.0 and adapter-norm cap 2.0, an EMA
+    reward baseline with decay 0.9.
 
-    Baselines: ``"ema"`` is the brief's single-sample REINFORCE, advantage r − b with b an EMA of the request's
+    Baselines: ``"ema"`` is single-sample REINFORCE, advantage r − b with b an EMA of the request's
     rewards; ``"group"`` samples ``group_size`` G ≥ 2 continuations of every segment from the same context and
     adapter, advantage r_g − mean_g(r) on each, and updates on all G (REINFORCE with a group-mean baseline; the
-    published PoT used G = 3 and found one sample weak, pot_anchors.md §1.1). The first continuation is the one that
+    published PoT used G = 3 and found one sample weak, arXiv 2601.20379, branching ablation). The first continuation is the one that
     is kept, so the output is an ordinary policy sample, not a best-of-G pick. ``reward="majority"`` also samples G
     continuations.
 

@@ -57,10 +57,12 @@ class EpisodeAttempt:
 
     update: int
     index: int
+    text: str
     reward: float
     advantage: float
     num_tokens: int
     finished: bool
+    token_ids: list[int] = field(default_factory=list)
     forward_tokens: float = 0.0
     reprefill_tokens: float = 0.0
     backward_tokens: float = 0.0
@@ -184,6 +186,49 @@ def relative_adapter_norms(bank: SlotAdapterBank, slots: torch.Tensor) -> torch.
     return bank.adapter_norm(slots).cpu() / base
 
 
+def attempt_logprobs(model, tokenizer, bank: SlotAdapterBank, slots: torch.Tensor, prompt_ids: list[list[int]],
+                     attempts: list[list[list[int]]], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, T) log π(y_t | x, y_<t) at ``temperature``, with gradient, of every request's G attempts (rows
+    request-major) under its adapter ``slots[i]``, and the (rows, T) real-token mask.
+
+    Each prompt runs once with gradient (left-padded, ``logits_to_keep=1``: only the first attempt token's
+    distribution is needed from it); its KV cache is repeated G-fold and the right-padded attempts run on top, so
+    the prompt is not recomputed G times and its positions still carry gradient.
+    """
+    device = next(model.parameters()).device
+    size = len(attempts[0])
+    if any(len(group) != size for group in attempts) or len(attempts) != len(prompt_ids):
+        raise ValueError(f"attempts must hold {size} token lists for each of the {len(prompt_ids)} prompts")
+    pad = tokenizer.pad_token_id or 0
+    width = max(len(ids) for ids in prompt_ids)
+    prompt = torch.full((len(prompt_ids), width), pad, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros_like(prompt)
+    for row, ids in enumerate(prompt_ids):
+        prompt[row, width - len(ids):] = torch.tensor(ids)
+        prompt_mask[row, width - len(ids):] = 1
+    cache = DynamicCache(config=model.config)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    with bank.use(slots):
+        first = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
+                      use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache.batch_repeat_interleave(size)
+    seqs = [s for group in attempts for s in group]
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    span = int(lengths.max())
+    ids = torch.full((len(seqs), span), pad, dtype=torch.long, device=device)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+    mask = torch.cat([prompt_mask.repeat_interleave(size, 0), torch.ones_like(ids)], 1)
+    positions = prompt_mask.sum(-1, keepdim=True).repeat_interleave(size, 0) + torch.arange(span, device=device)
+    with bank.use(slots.repeat_interleave(size)):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True).logits
+    logits = torch.cat([first.repeat_interleave(size, 0)[:, None], logits[:, :-1]], 1).float() / temperature
+    logp = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    valid = (torch.arange(span, device=device)[None] < lengths[:, None]).float()
+    return logp, valid
+
+
 @contextmanager
 def slots_by_batch(model: torch.nn.Module, bank: SlotAdapterBank, by_rows: dict[int, torch.Tensor]):
     """Activate adapter slots by the forward's batch size: ``pot.sampling`` prefills each prompt once (R rows) and
@@ -264,7 +309,7 @@ class EpisodeGenerator:
     # ---------------------------------------------------------------- internals
     def _sampling(self, n: int, max_new_tokens: int, temperature: float, seed: int, rows: int) -> SamplingConfig:
         # one chunk, no row removal: every batch row keeps its adapter slot for the whole decode
-        return SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=self.config.top_p,
+        return SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=self.config.top_p,
                               seed=seed, prompts_per_batch=rows, remove_finished=False, stop=self.stop)
 
     def _sample(self, requests: list[_Request], n: int, config: SamplingConfig) -> list[list[Sample]]:
@@ -360,8 +405,8 @@ class EpisodeGenerator:
                 n = len(s.token_ids)
                 prefill = context / size * (1 + epochs)  # the sampling prefill and one training prefill per epoch
                 attempt = EpisodeAttempt(
-                    update=update, index=g, reward=float(rewards[row]), advantage=float(advantages[row]),
-                    num_tokens=n, finished=s.finished,
+                    update=update, index=g, text=s.text, reward=float(rewards[row]), advantage=float(advantages[row]),
+                    num_tokens=n, finished=s.finished, token_ids=list(s.token_ids),
                     forward_tokens=n + epochs * n + batch.forward_tokens[row] + (prefill if update == 0 else 0),
                     reprefill_tokens=prefill if update > 0 else 0.0,
                     backward_tokens=epochs * (n + context / size))
@@ -375,40 +420,6 @@ class EpisodeGenerator:
                 stepped=stepped, grad_norms=grad_norms.get(i, []), clipped_fraction=clipped.get(i, 0.0),
                 adapter_norm=float(norms[i]), relative_norm=float(relative[i]), wall_s=wall / len(requests)))
 
-    def _token_logprobs(self, requests, learners, pools, temperature: float):
-        """(rows, T) log π(y_t | x, y_<t) at temperature T of every learner's attempts, with gradient, and the
-        real-token mask: prompts once per request with gradient, their cache repeated G-fold under the attempts."""
-        size, tok = self.config.group_size, self.tokenizer
-        chosen = [requests[i] for i in learners]
-        slots = torch.tensor([r.slot for r in chosen], device=self.device)
-        width = max(len(r.prompt_ids) for r in chosen)
-        prompt = torch.full((len(chosen), width), tok.pad_token_id or 0, dtype=torch.long, device=self.device)
-        prompt_mask = torch.zeros_like(prompt)
-        for row, r in enumerate(chosen):
-            prompt[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            prompt_mask[row, width - len(r.prompt_ids):] = 1
-        cache = DynamicCache(config=self.model.config)
-        with self.bank.use(slots):
-            first = self.model(input_ids=prompt, attention_mask=prompt_mask,
-                               position_ids=(prompt_mask.cumsum(-1) - 1).clamp_min(0), past_key_values=cache,
-                               use_cache=True, logits_to_keep=1).logits[:, -1]
-        cache.batch_repeat_interleave(size)
-        seqs = [list(pools[i][g].token_ids) for i in learners for g in range(size)]
-        lengths = torch.tensor([len(s) for s in seqs], device=self.device)
-        span = int(lengths.max())
-        ids = torch.full((len(seqs), span), tok.pad_token_id or 0, dtype=torch.long, device=self.device)
-        for row, s in enumerate(seqs):
-            ids[row, :len(s)] = torch.tensor(s)
-        mask = torch.cat([prompt_mask.repeat_interleave(size, 0), torch.ones_like(ids)], 1)
-        positions = prompt_mask.sum(-1, keepdim=True).repeat_interleave(size, 0) + torch.arange(span, device=self.device)
-        with self.bank.use(slots.repeat_interleave(size)):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                use_cache=True).logits
-        logits = torch.cat([first.repeat_interleave(size, 0)[:, None], logits[:, :-1]], 1).float() / temperature
-        logp = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
-        valid = (torch.arange(span, device=self.device)[None] < lengths[:, None]).float()
-        return logp, valid
-
     def _train(self, requests, learners, pools, advantages):
         """``epochs`` PPO-clip steps for the learners; returns their per-epoch gradient norms and clipped shares."""
         cfg, size = self.config, self.config.group_size
@@ -420,7 +431,9 @@ class EpisodeGenerator:
         clipped: dict[int, float] = {}
         old = None
         for _ in range(cfg.epochs):
-            logp, valid = self._token_logprobs(requests, learners, pools, cfg.temperature)
+            logp, valid = attempt_logprobs(self.model, self.tokenizer, self.bank, slots.to(self.device),
+                                           [requests[i].prompt_ids for i in learners],
+                                           [[list(s.token_ids) for s in pools[i]] for i in learners], cfg.temperature)
             if old is None:
                 old = logp.detach()
             objective = clipped_surrogate(logp, old, adv, valid, cfg.clip)

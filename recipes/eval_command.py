@@ -284,8 +284,10 @@ def pot_reward(task, problems, config, strict: bool):
 
     if config.reward == "verifier":
         if config.mode == "episode":
-            return EpisodeVerifierReward(
-                lambda i, text, finished: float(task.verify(text, problems[i], strict=strict, finished=finished).correct))
+            def check(i: int, text: str, finished: bool) -> float:
+                return float(task.verify(text, problems[i], strict=strict, finished=finished).correct)
+
+            return EpisodeVerifierReward(check)
         return VerifierReward(lambda i, text: float(task.verify(text, problems[i], strict=strict).correct))
     if config.reward == "majority":
         if config.mode == "episode":
@@ -320,7 +322,8 @@ def _episode_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfi
                 "steps": a.steps, "generated_tokens": a.generated_tokens, "forward_tokens": a.forward_tokens,
                 "reprefill_tokens": a.reprefill_tokens, "backward_tokens": a.backward_tokens, "flops": a.flops,
                 "wall_time": a.wall_s,
-                "attempts": [asdict(t) for t in result.trace.attempts if t.update < budget],
+                "attempts": [{k: v for k, v in asdict(t).items() if k != "token_ids"}
+                             for t in result.trace.attempts if t.update < budget],
                 "adapter_relative_norm": next((u.relative_norm for u in reversed(result.trace.updates)
                                                if u.update < budget), 0.0)}
         runs.append(by_budget)
