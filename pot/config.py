@@ -65,7 +65,7 @@ class PoTConfig:
     stale_kv: bool = False
     seed: int = 0
     mode: str = "segment"
-    episode_lr: float = 1e-2
+    episode_lr: float = 3e-3
     epochs: int = 1
     clip: float = 0.2
     advantage: str = "std"
