@@ -3,7 +3,8 @@
 For each mode (segment, episode) and learning rate, PoT runs on a few held-out arithmetic problems with the random
 reward (it never gives a group equal rewards, so every update steps; with Adam the step size, not the reward scale,
 sets how far the adapter moves). After u updates it measures, per request:
-- relative norm sqrt(Σ ||ΔW||_F²) / sqrt(Σ ||W||_F²) over the adapted projections (``pot.episode.relative_adapter_norms``);
+- relative norm sqrt(Σ ||ΔW||_F²) / sqrt(Σ ||W||_F²) over the adapted projections
+  (``pot.episode.relative_adapter_norms``);
 - KL(p_adapted ‖ p_base) of the next-token distributions, averaged over the positions of the base model's greedy
   answer to the problem (the distributions that decide the answer);
 - whether the greedy answer under the adapter differs from the base model's.
@@ -50,6 +51,17 @@ def greedy_texts(model, tok, bank, slots: torch.Tensor, prompts: list[str], max_
         pools = sample(model, tok, prompts, SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                                                            prompts_per_batch=len(prompts), remove_finished=False))
     return [p[0].text for p in pools]
+
+
+def base_norm(model) -> float:
+    """sqrt(Σ ||W||_F²) over the projections PoT adapts (q and v of every 4th attention layer by default)."""
+    from pot.adapters import SlotAdapterBank
+
+    bank = SlotAdapterBank(model, 1)
+    try:
+        return sum(float(t.module.weight.detach().float().pow(2).sum()) for t in bank.adapted) ** 0.5
+    finally:
+        bank.remove()
 
 
 def measure(model, tok, bank, slots, prompts, probes, base_texts, max_new_tokens) -> dict:
@@ -158,15 +170,18 @@ def main() -> None:
     meta = {"model": args.model, "task": "arithmetic max_operand=19 test_one_in=2 (test split)",
             "system_prompt": SYSTEM_PROMPT, "problems": args.problems, "reward": "random", "group_size": 3,
             "segment_tokens": args.segment, "rule": {"kl_after_1": KL_RULE, "relative_norm_after_max": NORM_RULE},
-            "chosen": chosen}
+            "chosen": chosen, "cap_relative": PoTConfig().max_adapter_norm / base_norm(model)}
     (out / "calibration.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=1) + "\n")
     lines = ["| mode | lr | updates | relative norm (mean / max) | KL to base (mean / max) | greedy answer changed |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['lr']:.0e} | {r['updates']} | {r['relative_norm_mean']:.2e} / "
               f"{r['relative_norm_max']:.2e} | {r['kl_mean']:.2e} / {r['kl_max']:.2e} | {r['answer_changed']:.2f} |"
               for r in table]
+    cap = PoTConfig().max_adapter_norm / base_norm(model)
     lines += ["", f"Rule: the smallest lr with mean KL after 1 update >= {KL_RULE} nats and max relative norm after "
-              f"{max(checkpoints)} updates <= {NORM_RULE}. Chosen: {chosen}."]
+              f"{max(checkpoints)} updates <= {NORM_RULE}. Chosen: {chosen}.",
+              f"The adapter-norm cap max_adapter_norm = {PoTConfig().max_adapter_norm} is {cap:.2e} of ||W|| on this "
+              "model: relative norms stop there."]
     (out / "calibration.md").write_text("\n".join(lines) + "\n")
 
 

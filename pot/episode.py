@@ -309,8 +309,9 @@ class EpisodeGenerator:
     # ---------------------------------------------------------------- internals
     def _sampling(self, n: int, max_new_tokens: int, temperature: float, seed: int, rows: int) -> SamplingConfig:
         # one chunk, no row removal: every batch row keeps its adapter slot for the whole decode
-        return SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=self.config.top_p,
-                              seed=seed, prompts_per_batch=rows, remove_finished=False, stop=self.stop)
+        return SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=float(temperature),
+                              top_p=self.config.top_p, seed=seed, prompts_per_batch=rows, remove_finished=False,
+                              stop=self.stop)
 
     def _sample(self, requests: list[_Request], n: int, config: SamplingConfig) -> list[list[Sample]]:
         slots = torch.tensor([r.slot for r in requests], device=self.device)
