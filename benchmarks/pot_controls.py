@@ -27,7 +27,7 @@ SYSTEM_PROMPT = "Reply with only the number."
 TASKS = {
     "arithmetic": ["--task", "arithmetic", "--task-option", "max_operand=19", "--task-option", "test_one_in=2",
                    "--system-prompt", SYSTEM_PROMPT],
-    "gsm8k": ["--task", "gsm8k", "--data-dir", "/work/shared/data"],
+    "gsm8k": ["--task", "gsm8k", "--data-dir", "../shared/data"],
 }
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--work", default="outputs/pot_controls", help="resumable run directories")
     parser.add_argument("--out", default="results/pot_controls", help="committed results")
-    parser.add_argument("--data-dir", default="/work/shared/data")
+    parser.add_argument("--data-dir", default="../shared/data", help="GSM8K/MATH copies (as in the README)")
     parser.add_argument("--arith-problems", type=int, default=150)
     parser.add_argument("--arith-tokens", type=int, default=10)
     parser.add_argument("--gsm8k-problems", type=int, default=20)
