@@ -20,13 +20,22 @@
 Strategies: ``pass`` (pass@k), ``maj`` (maj@k), ``wmaj`` (weighted maj@k: the ``scorer``'s vote weights summed per
 answer), ``avg`` (avg@k), ``bon`` (best-of-k under ``scorer``), and ``pot``
 which adds one curve ``pot@u`` per update budget u (k = 1: PoT alone; k > 1: oracle best-of-k over ``pot_runs`` PoT
-runs; its compute includes the PoT backward tokens); see ``pot.evaluation`` for the formulas. ``records.jsonl`` next to it holds every sample (see ``pot.records``).
+runs; its compute includes the PoT backward and re-prefill tokens); see ``pot.evaluation`` for the formulas.
+``records.jsonl`` next to it holds every sample (see ``pot.records``).
+
+PoT (``pot_*`` fields, ``--pot-*`` flags): ``pot_mode`` segment (``pot.generator``) or episode (``pot.episode``),
+``pot_reward`` self | verifier (the task's checker: oracle, the positive control) | majority (answer clusters of the
+G attempts, label-free) | random (the negative control), ``pot_updates`` budgets, ``pot_group_size`` G,
+``pot_lr`` (None: the mode's default), ``pot_epochs`` and ``pot_answer`` (episode mode). PoT answers are read in
+``answer_mode`` like the sampled ones. Episode mode answers every budget from one run (``answer_at``; the answer
+after u updates equals a run with budget u), each charged only the compute spent up to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -66,6 +75,12 @@ class EvalConfig:
     pot_updates: list[int] = field(default_factory=lambda: [0, 4, 8, 16])
     pot_runs: int = 4  # PoT runs per problem and budget (best-of-k over them, k <= pot_runs)
     pot_segment_tokens: int = 128  # tokens generated between two adapter updates
+    pot_mode: str = "segment"  # segment | episode (pot.config.PoTConfig.mode)
+    pot_reward: str = "self"  # self | verifier | majority | random
+    pot_group_size: int = 3  # G attempts (episode) or continuations (segment, group baseline / majority)
+    pot_lr: float | None = None  # None: the mode's default step size (PoTConfig.lr / PoTConfig.episode_lr)
+    pot_epochs: int = 1  # PPO-clip epochs per update (episode mode)
+    pot_answer: str = "greedy"  # greedy | sample: the answer from the final adapter (episode mode)
 
     def __post_init__(self) -> None:
         self.ks = check_ks(list(self.ks), self.n)
@@ -77,6 +92,7 @@ class EvalConfig:
                 raise ValueError(f"eval.pot_updates must hold ints >= 0, got {budget!r}")
         if isinstance(self.pot_runs, bool) or not isinstance(self.pot_runs, int) or self.pot_runs < 1:
             raise ValueError(f"eval.pot_runs must be a positive int, got {self.pot_runs!r}")
+        self._check_pot()
         check_scorer(self.scorer)
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"eval.answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
@@ -90,10 +106,46 @@ class EvalConfig:
                              "next-token distributions), got backend 'vllm'")
         self.sampling()  # validates the sampling fields (cache, compile, temperature, ...)
 
+    def _check_pot(self) -> None:
+        from pot.config import ANSWERS, MODES, REWARDS
+
+        for name, flag, value, allowed in (("pot_mode", "--pot-mode", self.pot_mode, MODES),
+                                           ("pot_reward", "--pot-reward", self.pot_reward, REWARDS),
+                                           ("pot_answer", "--pot-answer", self.pot_answer, ANSWERS)):
+            if value not in allowed:
+                raise ValueError(f"eval.{name} ({flag}) must be one of {allowed}, got {value!r}")
+        for name, flag, value, low in (("pot_group_size", "--pot-group-size", self.pot_group_size, 2),
+                                       ("pot_epochs", "--pot-epochs", self.pot_epochs, 1),
+                                       ("pot_segment_tokens", "--pot-segment-tokens", self.pot_segment_tokens, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"eval.{name} ({flag}) must be an int >= {low}, got {value!r}")
+        lr = self.pot_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                               or lr <= 0):
+            raise ValueError(f"eval.pot_lr (--pot-lr) must be a finite number > 0 or null, got {lr!r}")
+        if "pot" in self.strategies:
+            try:
+                self.pot_config(max(self.pot_updates, default=0), 0)
+            except ValueError as err:
+                raise ValueError(f"eval PoT settings (--pot-*, --temperature): {err}") from None
+
+    def pot_config(self, budget: int, run_index: int = 0):
+        """The ``pot.PoTConfig`` of PoT run ``run_index`` with ``budget`` updates (seeds differ between runs)."""
+        from pot.config import PoTConfig
+
+        lr = {} if self.pot_lr is None else {"episode_lr" if self.pot_mode == "episode" else "lr": float(self.pot_lr)}
+        return PoTConfig(mode=self.pot_mode, reward=self.pot_reward, group_size=self.pot_group_size,
+                         epochs=self.pot_epochs, answer=self.pot_answer, max_updates=budget,
+                         temperature=self.temperature, top_p=self.top_p, segment_tokens=self.pot_segment_tokens,
+                         seed=self.seed * 100_003 + run_index, **lr)
+
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_p=self.top_p, seed=self.seed, prompts_per_batch=self.prompts_per_batch,
                               backend=self.backend, cache=self.cache, compile=self.compile, stop=tuple(self.stop))
+
+
+POT_FIELDS_ADDED_LATER = ("pot_mode", "pot_reward", "pot_group_size", "pot_lr", "pot_epochs", "pot_answer")
 
 
 def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
@@ -120,8 +172,9 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
                 "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
     identity.pop("every_steps", None)  # when training evaluates (a recipe's eval section), not how
-    for name, default in (("stop", []), ("subset", "first")):  # fields added later: at their defaults they are left
-        if identity.get(name) == default:                     # out, so records written before them stay resumable
+    later = {"stop": [], "subset": "first", **{name: getattr(EvalConfig, name) for name in POT_FIELDS_ADDED_LATER}}
+    for name, default in later.items():  # fields added later: at their defaults they are left out, so records
+        if identity.get(name) == default:  # written before them stay resumable
             identity.pop(name)
     identity["pot"] = "pot" in eval_cfg.strategies
     provenance = run_provenance(task, tokenizer, source or {}, prompts_hash)
@@ -202,29 +255,107 @@ def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records:
 
 
 def run_pot(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig) -> dict[str, dict[str, list[dict]]]:
-    """``{problem id: {budget: [run]}}``: ``pot_runs`` PoT generations per problem and update budget (seeds differ)."""
-    from pot import PoTConfig, PoTGenerator
+    """``{problem id: {budget: [run]}}``: ``pot_runs`` PoT generations per problem and update budget (seeds differ).
 
+    Episode mode runs once per run index with the largest budget and answers after every budget (``answer_at``);
+    segment mode runs once per budget. Answers are verified in ``eval_cfg.answer_mode``.
+    """
     out: dict[str, dict[str, list[dict]]] = {p.id: {} for p in problems}
+    if eval_cfg.pot_mode == "episode":
+        for run_index in range(eval_cfg.pot_runs):
+            config = eval_cfg.pot_config(max(eval_cfg.pot_updates), run_index)
+            by_budget = _episode_runs(model, tokenizer, task, problems, prompts, eval_cfg, config)
+            for problem, runs in zip(problems, by_budget):
+                for budget in eval_cfg.pot_updates:
+                    out[problem.id].setdefault(str(budget), []).append(runs[budget])
+        return out
     for budget in eval_cfg.pot_updates:
         for run_index in range(eval_cfg.pot_runs):
-            config = PoTConfig(max_updates=budget, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
-                               segment_tokens=eval_cfg.pot_segment_tokens,
-                               seed=eval_cfg.seed * 100_003 + run_index)
-            generator = PoTGenerator(model, tokenizer, config)
-            try:
-                results = generator.generate(prompts, eval_cfg.max_new_tokens)
-            finally:
-                generator.bank.remove()
-            for problem, result in zip(problems, results):
-                verdict = task.verify(result.text, problem)
-                trace = result.trace
-                out[problem.id].setdefault(str(budget), []).append({
-                    "text": result.text, "answer_key": verdict.answer_key, "correct": verdict.correct,
-                    "failure": trace.failure, "generated_tokens": trace.generated_tokens,
-                    "forward_tokens": trace.forward_tokens, "backward_tokens": trace.backward_tokens,
-                    "flops": trace.estimated_flops, "wall_time": trace.wall_s / len(problems)})
+            config = eval_cfg.pot_config(budget, run_index)
+            for problem, run in zip(problems, _segment_runs(model, tokenizer, task, problems, prompts, eval_cfg,
+                                                            config)):
+                out[problem.id].setdefault(str(budget), []).append(run)
     return out
+
+
+def pot_reward(task, problems, config, strict: bool):
+    """The reward object ``config.reward`` needs for ``config.mode`` on ``problems`` (None: the generator's own)."""
+    from pot.episode_rewards import EpisodeMajorityReward, EpisodeVerifierReward
+    from pot.rewards import MajorityReward, VerifierReward
+
+    if config.reward == "verifier":
+        if config.mode == "episode":
+            def check(i: int, text: str, finished: bool) -> float:
+                return float(task.verify(text, problems[i], strict=strict, finished=finished).correct)
+
+            return EpisodeVerifierReward(check)
+        return VerifierReward(lambda i, text: float(task.verify(text, problems[i], strict=strict).correct))
+    if config.reward == "majority":
+        if config.mode == "episode":
+            return EpisodeMajorityReward(lambda texts, finished: task.answer_keys(texts, strict=strict,
+                                                                                   finished=finished))
+        return MajorityReward(lambda text: task.answer_key(text, strict=strict))
+    return None
+
+
+def _verdict_fields(task, problem, text: str, finished: bool, strict: bool) -> dict:
+    verdict = task.verify(text, problem, strict=strict, finished=finished)
+    return {"text": text, "answer": verdict.answer, "answer_key": verdict.answer_key, "correct": verdict.correct,
+            "finished": finished}
+
+
+def _episode_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig, config) -> list[dict[int, dict]]:
+    from pot.episode import EpisodeGenerator
+
+    strict = eval_cfg.answer_mode == "strict"
+    generator = EpisodeGenerator(model, tokenizer, config, reward=pot_reward(task, problems, config, strict),
+                                 max_concurrency=len(prompts), stop=tuple(eval_cfg.stop))
+    try:
+        results = generator.generate(prompts, eval_cfg.max_new_tokens, answer_at=list(eval_cfg.pot_updates))
+    finally:
+        generator.remove()
+    runs = []
+    for problem, result in zip(problems, results):
+        by_budget = {}
+        for budget, a in result.answers.items():
+            by_budget[budget] = {
+                **_verdict_fields(task, problem, a.text, a.finished, strict), "failure": result.trace.failure,
+                "steps": a.steps, "generated_tokens": a.generated_tokens, "forward_tokens": a.forward_tokens,
+                "reprefill_tokens": a.reprefill_tokens, "backward_tokens": a.backward_tokens, "flops": a.flops,
+                "wall_time": a.wall_s,
+                "attempts": [{k: v for k, v in asdict(t).items() if k != "token_ids"}
+                             for t in result.trace.attempts if t.update < budget],
+                "adapter_relative_norm": next((u.relative_norm for u in reversed(result.trace.updates)
+                                               if u.update < budget), 0.0)}
+        runs.append(by_budget)
+    return runs
+
+
+def _segment_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig, config) -> list[dict]:
+    from pot import PoTGenerator
+    from pot.sampling import eos_token_ids
+
+    strict = eval_cfg.answer_mode == "strict"
+    generator = PoTGenerator(model, tokenizer, config, reward=pot_reward(task, problems, config, strict))
+    try:
+        results = generator.generate(prompts, eval_cfg.max_new_tokens)
+    finally:
+        generator.bank.remove()
+    eos = set(eos_token_ids(model, tokenizer))
+    runs = []
+    for problem, result in zip(problems, results):
+        trace = result.trace
+        finished = bool(result.token_ids) and result.token_ids[-1] in eos
+        runs.append({
+            **_verdict_fields(task, problem, result.text, finished, strict), "failure": trace.failure,
+            "steps": len(trace.updates), "generated_tokens": trace.generated_tokens,
+            "forward_tokens": trace.forward_tokens, "reprefill_tokens": getattr(trace, "reprefill_tokens", 0),
+            "backward_tokens": trace.backward_tokens, "flops": trace.estimated_flops,
+            "wall_time": trace.wall_s / len(problems),
+            "attempts": [{"update": u.update, "reward": u.reward, "advantage": u.advantage,
+                          "forward_tokens": u.forward_tokens, "backward_tokens": u.backward_tokens}
+                         for u in trace.updates]})
+    return runs
 
 
 def log_to_wandb(run, results: dict, records: list[dict]) -> None:
@@ -288,6 +419,18 @@ def _load_adapter(model, adapter: str):
         raise ValueError(f"--adapter {adapter} does not match the model: {first}") from err
 
 
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The ``EvalConfig`` of ``catpot eval``'s flags."""
+    return EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
+                      scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend, stop=args.stop or [],
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, prompts_per_batch=args.prompts_per_batch, cache=args.cache,
+                      compile=args.compile, pot_updates=_int_list(args.pot_updates, "--pot-updates"),
+                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens, pot_mode=args.pot_mode,
+                      pot_reward=args.pot_reward, pot_group_size=args.pot_group_size, pot_lr=args.pot_lr,
+                      pot_epochs=args.pot_epochs, pot_answer=args.pot_answer)
+
+
 def run_eval(args: argparse.Namespace) -> dict:
     from recipes import tracking
     from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
@@ -296,12 +439,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     from recipes.run_dir import open_run_dir
     from recipes.tasks import load_task
 
-    cfg = EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
-                     scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend, stop=args.stop or [],
-                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                     prompts_per_batch=args.prompts_per_batch, cache=args.cache, compile=args.compile,
-                     pot_updates=_int_list(args.pot_updates, "--pot-updates"),
-                     pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens)
+    cfg = eval_config(args)
     options = task_options(args.task_option or [])
     task = load_task(args.task, split=args.split, size=args.limit, subset=args.subset, seed=args.task_seed,
                      data_dir=args.data_dir, prompt_template=args.prompt_template, system_prompt=args.system_prompt,
@@ -475,9 +613,18 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--ks", default="1,2,4,8,16,32,64")
     p.add_argument("--strategies", default="pass,maj,bon", help="from pass,maj,wmaj,avg,bon,pot")
-    p.add_argument("--pot-updates", default="0,4,8,16", help="PoT adapter-update budgets (strategy pot)")
+    p.add_argument("--pot-updates", "--pot-budget", dest="pot_updates", default="0,4,8,16",
+                   help="PoT adapter-update budgets (strategy pot), comma-separated")
     p.add_argument("--pot-runs", type=int, default=4, help="PoT runs per problem and budget")
-    p.add_argument("--pot-segment-tokens", type=int, default=128, help="tokens between PoT adapter updates")
+    p.add_argument("--pot-segment-tokens", type=int, default=128, help="tokens between PoT adapter updates (segment)")
+    p.add_argument("--pot-mode", default="segment", help="segment (updates while writing one answer) | episode "
+                   "(G whole attempts per update, then the answer)")
+    p.add_argument("--pot-reward", default="self", help="self | verifier (oracle: positive control) | majority "
+                   "(label-free) | random (negative control)")
+    p.add_argument("--pot-group-size", type=int, default=3, help="G attempts per PoT update")
+    p.add_argument("--pot-lr", type=float, default=None, help="PoT adapter learning rate (default: the mode's)")
+    p.add_argument("--pot-epochs", type=int, default=1, help="PPO-clip epochs per update (episode mode)")
+    p.add_argument("--pot-answer", default="greedy", help="greedy | sample: the answer after the updates (episode)")
     p.add_argument("--scorer", default="oracle", help="oracle|self_certainty|mean_logprob|reward_model:ID")
     p.add_argument("--answer-mode", default="flexible", help="flexible (last number as fallback) | strict (boxed "
                    "or a final-answer statement only; unfinished outputs are wrong)")
