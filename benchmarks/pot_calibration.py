@@ -180,8 +180,7 @@ def main() -> None:
     cap = PoTConfig().max_relative_norm
     lines += ["", f"Rule: the smallest lr with mean KL after 1 update >= {KL_RULE} nats and max relative norm after "
               f"{max(checkpoints)} updates <= {NORM_RULE}. Chosen: {chosen}.",
-              f"The adapter-norm cap max_adapter_norm = {PoTConfig().max_adapter_norm} is {cap:.2e} of ||W|| on this "
-              "model: relative norms stop there."]
+              f"The adapter-norm cap max_relative_norm = {cap} bounds each projection's ||ΔW|| / ||W||."]
     (out / "calibration.md").write_text("\n".join(lines) + "\n")
 
 
