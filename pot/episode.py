@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from core.models import disable_cpu_4bit_repack
 from pot.adapters import SlotAdapterBank
 from pot.config import PoTConfig
 from pot.episode_rewards import EpisodeBatch, EpisodeRandomReward, EpisodeSelfReward
@@ -264,10 +265,7 @@ class EpisodeGenerator:
             reward = EpisodeSelfReward(tokenizer, cfg.reward_weights) if cfg.reward == "self" \
                 else EpisodeRandomReward(cfg.seed)
         self.reward, self.stop = reward, tuple(stop)
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                # bnb 4-bit repacks weights in eval no-grad forwards on AVX512-BF16 CPUs, killing later gradients.
-                module.support_avx512bf16_for_cpu = False
+        disable_cpu_4bit_repack(model)
         self.bank = SlotAdapterBank(model, max_concurrency, rank=cfg.rank, alpha=cfg.alpha,
                                     layer_stride=cfg.layer_stride, targets=cfg.targets, init_std=cfg.init_std,
                                     dtype=adapter_dtype)
