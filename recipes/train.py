@@ -43,7 +43,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from core.files import atomic_write_json, atomic_write_text
 from recipes import tracking
-from recipes.config import Recipe, _closest, to_dict, value_matches
+from recipes.config import Recipe, _closest, recipe_from_dict, to_dict, value_matches
 from core.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
 from recipes.plotting import plot_training
 from recipes.provenance import check_adapter, model_fingerprint, weights_fingerprint
@@ -134,6 +134,15 @@ def _check_same_recipe(saved: dict, current: dict, path: Path, prefix: str = "")
             _check_same_recipe(a, b, path, f"{prefix}{key}.")
         elif a != b:
             raise ValueError(f"--resume: {prefix}{key} is {b!r} but {path} has {a!r}; use a new output_dir")
+
+
+def _completed_recipe(saved: dict) -> dict:
+    """The pinned recipe with the defaults of fields a later catpot added (an older run did not have them, so it ran
+    as their default does); a pinned recipe that no longer parses is compared as written."""
+    try:
+        return to_dict(recipe_from_dict(saved))
+    except (KeyError, TypeError, ValueError):
+        return saved
 
 
 def _saved_recipe(path: Path) -> dict:
@@ -320,7 +329,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     with open_run_dir(out, "train", "output_dir", resume=resume, overwrite=overwrite):
         saved = out / RECIPE_FILE
         if saved.is_file():
-            _check_same_recipe(_saved_recipe(saved), to_dict(recipe), saved)
+            _check_same_recipe(_completed_recipe(_saved_recipe(saved)), to_dict(recipe), saved)
         if resume and (out / RESULTS_FILE).is_file() and (out / FINAL_DIR).is_dir():
             print(f"{out}: already complete (results.json and final/ exist); nothing to resume")
             return json.loads((out / RESULTS_FILE).read_text())

@@ -13,7 +13,7 @@ import yaml
 
 from recipes.cli import main
 from recipes.config import recipe_from_dict, to_dict
-from recipes.train import last_complete_checkpoint, trainer_config
+from recipes.train import _check_same_recipe, _completed_recipe, last_complete_checkpoint, trainer_config
 
 TINY_RECIPE = {
     "model": {"name": "tiny-llama", "dtype": "float32", "lora_r": 4, "lora_alpha": 8,
@@ -79,6 +79,18 @@ def test_resume_refuses_a_changed_recipe(tmp_path, capsys):
     (tmp_path / "run" / "recipe.yaml").write_text(json.dumps(to_dict(earlier)))
     assert main(["train", str(recipe), "--resume"]) == 2
     assert "seed is 0" in capsys.readouterr().err
+
+
+def test_resume_accepts_a_pinned_recipe_from_before_a_field_existed_only_at_that_fields_default(tmp_path):
+    current = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run")})
+    older = to_dict(current)
+    del older["eval"]["pot_answer"], older["train"]["cat_correct_threshold"]  # fields a later catpot added
+    path = tmp_path / "run" / "recipe.yaml"
+    _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+    changed = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"),
+                                "eval": {**TINY_RECIPE["eval"], "pot_answer": "sample"}})
+    with pytest.raises(ValueError, match="eval.pot_answer is .sample."):
+        _check_same_recipe(_completed_recipe(older), to_dict(changed), path)
 
 
 def test_sft_run_on_gold_answers(tmp_path):
