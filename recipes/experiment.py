@@ -12,8 +12,9 @@ so W&B can aggregate an arm over seeds and overlay the arms.
 ``--results RESULTS`` (default ``results/<DIR name>``) receives, for committing: ``<arm>.json`` (the arm's
 results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sample), ``comparisons.json`` (paired
 bootstrap of each arm against the baseline, per strategy and k), one figure per strategy with 95% intervals and
-``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>/`` with
-each arm's offline W&B run (upload with ``wandb sync results/NAME/wandb/<arm>/offline-run-*``).
+``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>.tar.gz``
+with each arm's offline W&B runs (``core.files.deterministic_tar_gz``: the same runs give the same bytes; unpack and
+``wandb sync <arm>/offline-run-*`` to upload).
 
 Evaluation along training: every saved ``checkpoint-N`` of an arm is evaluated with the arm's eval settings into
 ``<arm output_dir>/eval/checkpoint-N/`` (``recipes.checkpoint_eval``; the checkpoint holding the final weights is the
@@ -24,20 +25,19 @@ separate processes logging to ``<arm output_dir>.log``.
 ``--seeds S1 S2 ...`` runs ``--seed S`` for each (results into ``RESULTS-seedS``, so ``results/NAME-seedS`` by
 default), then writes the across-seed analysis into ``RESULTS`` (default ``results/NAME``; see
 ``recipes.seed_analysis``): every arm at every step (0: the base model) over the seeds, arm − baseline paired within
-each seed and averaged across seeds, figures, and each arm's W&B runs as ``wandb/<arm>-seedS.tar.gz``.
+each seed and averaged across seeds, and figures.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.files import atomic_write_bytes, atomic_write_json
+from core.files import atomic_write_bytes, atomic_write_json, deterministic_tar_gz
 from pot.records import read_records
 from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
 from recipes.config import load_recipe
@@ -191,9 +191,9 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
         atomic_write_bytes(results / f"{name}.records.jsonl.gz",
                            gzip.compress((directory_ / "records.jsonl").read_bytes(), mtime=0))
     for name, recipe in arms.items():
-        for run in sorted((Path(recipe.output_dir) / "wandb").glob("offline-run-*")):
-            shutil.copytree(run, results / "wandb" / name / run.name, dirs_exist_ok=True,
-                            ignore_dangling_symlinks=True)  # wandb links its core log into a temp dir
+        runs = sorted(p for p in (Path(recipe.output_dir) / "wandb").glob("offline-run-*") if p.is_dir())
+        if runs:
+            atomic_write_bytes(results / "wandb" / f"{name}.tar.gz", deterministic_tar_gz(runs, name))
     comparisons = compare_to_baseline(eval_dirs, seed=reference.seed)
     atomic_write_json(results / "comparisons.json", comparisons)
     arm_files = [results / f"{name}.json" for name in eval_dirs]
@@ -204,36 +204,34 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
     return results
 
 
-def seed_sources(directory: str | Path, seeds: list[int], overrides: list[str] = ()) -> tuple[dict, dict, dict]:
-    """``({seed: {arm: {step: eval dir}}}, {seed: {arm: output_dir}}, {seed: bootstrap seed})`` of the replications
+def seed_sources(directory: str | Path, seeds: list[int], overrides: list[str] = ()) -> tuple[dict, dict]:
+    """``({seed: {arm: {step: eval dir}}}, {seed: bootstrap seed})`` of the replications
     ``--seed S`` wrote; step 0 of every arm is the seed's base-model evaluation."""
     paths = arm_paths(directory)
-    sources, outputs, bootstrap = {}, {}, {}
+    sources, bootstrap = {}, {}
     for seed in seeds:
         arms = {name: load_recipe(path, seed_overrides(path, list(overrides), seed)) for name, path in paths.items()}
         base = Path(arms[BASELINE].output_dir).parent / BASE_MODEL / EVAL_DIR
         sources[seed] = {name: {**({0: base} if (base / "results.json").is_file() else {}), **step_eval_dirs(recipe)}
                          for name, recipe in arms.items() if recipe.eval.enabled}
-        outputs[seed] = {name: Path(recipe.output_dir) for name, recipe in arms.items()}
         bootstrap[seed] = arms[BASELINE].seed
-    return sources, outputs, bootstrap
+    return sources, bootstrap
 
 
 def analyse_seeds(directory: str | Path, seeds: list[int], results_dir: str | Path | None = None,
                   overrides: list[str] = ()) -> Path:
     """The across-seed analysis (``recipes.seed_analysis``) of finished replications, into ``results_dir``."""
-    from recipes.seed_analysis import analyse, write_analysis, write_wandb_archives
+    from recipes.seed_analysis import analyse, write_analysis
 
     group = Path(directory).resolve().name
     results = Path(results_dir or Path("results") / group)
     reference = load_recipe(arm_paths(directory)[BASELINE], list(overrides))
     strategies = [s for s in reference.eval.strategies if s != "pot"]
     with open_run_dir(results, "experiment", "--results", resume=True):
-        sources, outputs, bootstrap = seed_sources(directory, seeds, overrides)
+        sources, bootstrap = seed_sources(directory, seeds, overrides)
         summary = analyse(sources, strategies, reference.eval.ks, BASELINE, bootstrap)
         summary["experiment"] = group
         write_analysis(summary, results)
-        write_wandb_archives(outputs, results)
     print((results / "seeds.md").read_text())
     return results
 

@@ -17,18 +17,15 @@ Two intervals, because there are two sources of noise:
 
 Outputs in the results directory: ``seeds.json`` (every row below), ``seeds.md`` (tables), figures
 ``at_k_step<last>.png`` (curves over k at the last step), ``vs_step.png`` (pass@1 and pass@k_max against the step)
-and ``difference_vs_step.png`` (arm − baseline against the step), and ``wandb/<arm>-seed<S>.tar.gz`` (each arm's
-offline W&B runs of that seed; sorted members, zero times and owners, so the same runs give the same bytes).
+and ``difference_vs_step.png`` (arm − baseline against the step). Each seed's W&B runs stay in that seed's results
+(``<results>-seedS/wandb/<arm>.tar.gz``).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
 import statistics
-import tarfile
 from pathlib import Path
 
 import torch
@@ -188,47 +185,6 @@ def markdown(summary: dict) -> str:
         lines += ["", "Missing evaluations: " + ", ".join(f"seed {m['seed']} {m['arm']} step {m['step']}"
                                                          for m in summary["missing"])]
     return "\n".join(lines) + "\n"
-
-
-def deterministic_tar_gz(directories: list[Path], arcroot: str) -> bytes:
-    """A .tar.gz of ``directories`` under ``arcroot/<name>/``: members sorted, times, owners zero, modes 644/755,
-    symbolic links left out (W&B links its core log into a temporary directory), gzip header without time or name."""
-    buffer = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in sorted(directories, key=lambda d: d.name):
-            paths = [directory, *sorted(directory.rglob("*"), key=lambda p: p.relative_to(directory).as_posix())]
-            for path in paths:
-                if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                    continue
-                name = f"{arcroot}/{directory.name}"
-                if path != directory:
-                    name += f"/{path.relative_to(directory).as_posix()}"
-                info = tarfile.TarInfo(name)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if path.is_dir():
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
-                else:
-                    data = path.read_bytes()
-                    info.size, info.mode = len(data), 0o644
-                    tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def write_wandb_archives(output_dirs: dict[int, dict[str, Path]], results: Path) -> list[Path]:
-    """``results/wandb/<arm>-seed<S>.tar.gz`` with the offline W&B runs of each arm's output directory."""
-    written = []
-    for seed, by_arm in sorted(output_dirs.items()):
-        for arm, out in sorted(by_arm.items()):
-            runs = sorted(p for p in (Path(out) / "wandb").glob("offline-run-*") if p.is_dir() and not p.is_symlink())
-            if not runs:
-                continue
-            path = results / "wandb" / f"{arm}-seed{seed}.tar.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, deterministic_tar_gz(runs, f"{arm}-seed{seed}"))
-            written.append(path)
-    return written
 
 
 def write_analysis(summary: dict, results: Path) -> None:
