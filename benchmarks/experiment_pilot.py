@@ -21,9 +21,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from core.models import load_pretrained
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
-from core.models import load_pretrained
 from recipes.train import load_eval_task, train
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+from core.models import load_pretrained
+from evaluation.config import SamplingConfig
+from evaluation.sampling import sample
 from pot import PoTConfig, PoTGenerator
 from pot.episode import EpisodeGenerator, relative_adapter_norms, slots_by_batch
-from pot.sampling import SamplingConfig, sample
-from recipes.models import load_pretrained
 from recipes.tasks import load_task
 
 KL_RULE, NORM_RULE = 1e-2, 0.05

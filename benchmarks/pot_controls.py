@@ -5,7 +5,7 @@ Every arm is one resumable ``catpot eval`` run (records written per batch of pro
 - ``pot_<reward>``: PoT episode mode (G attempts per update, one PPO-clip epoch, greedy answer) answered after every
   budget from one run, each answer charged the FLOPs spent up to it (``pot.episode``).
 Then per task: accuracy with 95% bootstrap CIs, answers changed vs budget 0, paired bootstraps
-(``pot.evaluation.paired_bootstrap``) of PoT@u vs budget 0 and vs maj@k / best-of-k at the smallest k whose FLOPs
+(``evaluation.metrics.paired_bootstrap``) of PoT@u vs budget 0 and vs maj@k / best-of-k at the smallest k whose FLOPs
 reach PoT@u's (the largest k when none does), a table (summary.md, summary.json) and accuracy vs FLOPs
 (accuracy_vs_flops.png). ``--time-limit`` stops starting new arms after that many minutes (rerun to finish).
 Usage: python benchmarks/pot_controls.py [--work outputs/pot_controls] [--out results/pot_controls]
@@ -71,8 +71,8 @@ def run_arms(args) -> dict[str, list[str]]:
 
 
 def analyse(task: str, work: Path, out: Path) -> dict | None:
-    from pot.evaluation import bootstrap_ci, paired_bootstrap, problem_values
-    from pot.records import read_records
+    from evaluation.metrics import bootstrap_ci, paired_bootstrap, problem_values
+    from evaluation.records import read_records
 
     base_dir = work / task / "baseline"
     if not (base_dir / "results.json").exists():

@@ -2,7 +2,7 @@
 
 Plain = the fastest plain path available at the same batch and answer length: ``model.generate`` greedy with a
 static KV cache (compiled by transformers on CUDA) or, on CPU where nothing is compiled, the faster of the static
-and dynamic caches and ``pot.sampling.sample`` (greedy). PoT:
+and dynamic caches and ``evaluation.sampling.sample`` (greedy). PoT:
 - segment: ``PoTGenerator`` with ``updates`` updates of ``segment`` tokens (EOS masked to the full length on both
   sides, ``min_new_tokens``), self reward: the answer is the output, so slowdown = PoT wall / plain wall;
 - episode: ``EpisodeGenerator`` with ``updates`` updates of G = 3 attempts of ``updates · segment`` tokens and a
@@ -23,9 +23,10 @@ import time
 
 import torch
 
+from evaluation.config import SamplingConfig
+from evaluation.sampling import sample
 from pot import PoTConfig, PoTGenerator
 from pot.episode import EpisodeGenerator
-from pot.sampling import SamplingConfig, sample
 
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many in total?"
 GOAL_SLOWDOWN, GOAL_SCALING = 1.6, 0.7
@@ -68,9 +69,9 @@ def plain_walls(model, tok, prompts: list[str], new_tokens: int, device: str) ->
         with torch.no_grad():
             walls[f"generate {cache}"] = timed(lambda: model.generate(**enc, **kwargs), device)[0]
     if not device.startswith("cuda"):
-        # pot.sampling stops at EOS: time it only as a reference (it may generate fewer tokens)
+        # evaluation.sampling stops at EOS: time it only as a reference (it may generate fewer tokens)
         cfg = SamplingConfig(n=1, temperature=0.0, max_new_tokens=new_tokens, prompts_per_batch=len(prompts))
-        walls["pot.sampling greedy"] = timed(lambda: sample(model, tok, prompts, cfg), device)[0]
+        walls["evaluation.sampling greedy"] = timed(lambda: sample(model, tok, prompts, cfg), device)[0]
     return walls
 
 

@@ -1,4 +1,4 @@
-"""Tokens/s of ``pot.sampling.sample`` against transformers' own generation at the same batch, with ratios: the
+"""Tokens/s of ``evaluation.sampling.sample`` against transformers' own generation at the same batch, with ratios: the
 sampler vs plain ``generate`` (dynamic cache), vs ``generate`` with a compiled static cache (CUDA), and vs continuous
 batching (``model.generate_batch``, transformers' paged-attention scheduler).
 
@@ -25,8 +25,9 @@ import time
 import torch
 from transformers import GenerationConfig
 
-from pot.sampling import SamplingConfig, sample
 from core.models import load_pretrained
+from evaluation.config import SamplingConfig
+from evaluation.sampling import sample
 
 
 def _sync() -> None:

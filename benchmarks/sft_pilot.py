@@ -42,10 +42,10 @@ from pathlib import Path
 import yaml
 
 from core.files import atomic_write_json
-from pot.records import read_records
+from core.models import load_pretrained
+from evaluation.records import read_records
 from recipes.config import recipe_from_dict, to_dict
 from recipes.eval_command import evaluate_model
-from core.models import load_pretrained
 from recipes.train import load_eval_task, train
 
 CANDIDATES = [

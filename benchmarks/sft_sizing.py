@@ -7,7 +7,7 @@ Measures, on this machine and with the recipes of ``DIR``:
 * the evaluation of a trained adapter (``--adapter``, e.g. the pilot's last CE checkpoint) and of the base model on
   the first ``--problems`` held-out problems with the recipe's ``max_new_tokens`` and ``n`` (or ``--n``), for every
   ``prompts_per_batch`` in ``--prompts-per-batch``, in wall and CPU seconds per (problem, sample);
-* the scoring of one evaluation, t_curves(n): ``pot.evaluation.curves`` over the recipe's strategies and
+* the scoring of one evaluation, t_curves(n): ``evaluation.metrics.curves`` over the recipe's strategies and
   k = 1, 2, 4, ..., n on the first n samples of each problem, per problem (maj@k is a Monte Carlo estimate: the
   slow part).
 
@@ -45,11 +45,11 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from core.files import atomic_write_json
-from pot.evaluation import curves
-from pot.records import read_records
+from core.models import load_pretrained
+from evaluation.metrics import curves
+from evaluation.records import read_records
 from recipes.config import load_recipe
 from recipes.eval_command import evaluate_model
-from core.models import load_pretrained
 from recipes.train import build_trainer, load_eval_task, load_model, load_train_task
 
 

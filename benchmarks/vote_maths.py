@@ -2,7 +2,7 @@
 
 "Before" is the implementation of commit f25e134, copied below verbatim and labelled ``before_*``: maj@k enumerated
 all subsets up to C(n, k) ≤ 200 000 and otherwise averaged 2000 seeded Monte Carlo subsets, with ties going to the
-answer that occurs first; every point bootstrapped on its own. "After" is ``pot.evaluation.curves`` (maj@k counted
+answer that occurs first; every point bootstrapped on its own. "After" is ``evaluation.metrics.curves`` (maj@k counted
 exactly for every k, ties shared, one bootstrap resampling for all points).
 
 Run in one process on the same data:
@@ -38,7 +38,7 @@ from fractions import Fraction
 
 import torch
 
-from pot.evaluation import curves
+from evaluation.metrics import curves
 
 # ------------------------------------------------------------------------ before: f25e134, copied verbatim
 

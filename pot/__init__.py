@@ -1,14 +1,22 @@
-"""pot: policy-of-thoughts generation with transient per-request LoRA slots."""
+"""pot: policy-of-thoughts generation with transient per-request LoRA slots.
 
-from pot.adapters import SlotAdapterBank, find_attention_projections
-from pot.config import PoTConfig
-from pot.gate import DifficultyGate, GateRecord
-from pot.generator import PoTGenerator, PoTResult
-from pot.rewards import MajorityReward, RandomReward, SegmentBatch, SelfReward, VerifierReward
-from pot.trace import PoTTrace, UpdateTrace
+The generators load torch and transformers on first use, so ``pot.config`` (the settings alone) imports without them.
+"""
 
-__all__ = [
-    "DifficultyGate", "GateRecord", "MajorityReward", "PoTConfig", "PoTGenerator", "PoTResult", "PoTTrace",
-    "RandomReward", "SegmentBatch", "SelfReward", "SlotAdapterBank", "UpdateTrace", "VerifierReward",
-    "find_attention_projections",
-]
+import importlib
+
+_EXPORTS = {
+    "SlotAdapterBank": "pot.adapters", "find_attention_projections": "pot.adapters", "PoTConfig": "pot.config",
+    "PoTGenerator": "pot.generator", "PoTResult": "pot.generator", "EpisodeGenerator": "pot.episode",
+    "EpisodeResult": "pot.episode", "MajorityReward": "pot.rewards", "RandomReward": "pot.rewards",
+    "SegmentBatch": "pot.rewards", "SelfReward": "pot.rewards", "VerifierReward": "pot.rewards",
+    "PoTTrace": "pot.trace", "UpdateTrace": "pot.trace",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pot' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models import disable_cpu_4bit_repack
+
 QUERY_NAMES = ("q_proj", "query", "wq")
 VALUE_NAMES = ("v_proj", "value", "wv")
 
@@ -119,6 +121,8 @@ class SlotAdapterBank(nn.Module):
             raise ValueError(f"targets must be 'q' or 'qv', got {targets!r}")
         self.num_slots, self.rank, self.scaling, self.init_std = num_slots, rank, alpha / rank, init_std
         self.targets = targets
+        # before any forward, the norm probes included: a repacked 4-bit weight computes in bf16 and gets no gradient
+        disable_cpu_4bit_repack(model)
         self.generator = torch.Generator().manual_seed(seed)
         device = next(model.parameters()).device
         self.adapted: list[AdapterTarget] = []

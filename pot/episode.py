@@ -3,7 +3,7 @@
 Per request, with its own zero-initialised LoRA slot (``pot.adapters.SlotAdapterBank``, B = 0) and per-slot Adam
 (``pot.optim.SlotAdam``), for update u = 0 .. U−1 (U = ``max_updates``):
 
-1. sample G = ``group_size`` complete attempts y_1..y_G from the current adapter with ``pot.sampling.sample``
+1. sample G = ``group_size`` complete attempts y_1..y_G from the current adapter with ``evaluation.sampling.sample``
    (temperature T, top-p, the generation config's EOS list, stop strings, ``skip_special_tokens`` decoding);
 2. rewards r_g (``pot.episode_rewards``) and group-relative advantages
    A_g = (r_g − mean r) / (std r + 1e-4) (``advantage="std"``, GRPO: Shao et al. 2024, arXiv 2402.03300, §4.1.2,
@@ -19,7 +19,7 @@ Per request, with its own zero-initialised LoRA slot (``pot.adapters.SlotAdapter
    the attempts, so gradients flow through the prompt positions too.
 
 Then the answer: greedy (``answer="greedy"``) or one sample (``"sample"``, seed ``config.seed``) from the final
-adapter, again through ``pot.sampling.sample``. With U = 0 only that step runs, on a zero adapter: exactly the
+adapter, again through ``evaluation.sampling.sample``. With U = 0 only that step runs, on a zero adapter: exactly the
 plain sampler's answer. ``answer_at`` returns the answers after several budgets from one run; the answer after u
 updates equals the answer of a separate run with ``max_updates = u`` (the attempt seeds depend on (seed, u) only).
 
@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from core.models import disable_cpu_4bit_repack
 from pot.adapters import SlotAdapterBank
 from pot.config import PoTConfig
 from pot.episode_rewards import EpisodeBatch, EpisodeRandomReward, EpisodeSelfReward
 from pot.generator import request_seed
 from pot.optim import SlotAdam
-from pot.sampling import Sample, SamplingConfig, sample
+from evaluation.config import SamplingConfig
+from evaluation.sampling import Sample, sample
 
 ADVANTAGE_EPS = 1e-4  # TRL GRPOTrainer's epsilon in (r − mean) / (std + eps)
 
@@ -232,8 +232,8 @@ def attempt_logprobs(model, tokenizer, bank: SlotAdapterBank, slots: torch.Tenso
 
 @contextmanager
 def slots_by_batch(model: torch.nn.Module, bank: SlotAdapterBank, by_rows: dict[int, torch.Tensor]):
-    """Activate adapter slots by the forward's batch size: ``pot.sampling`` prefills each prompt once (R rows) and
-    decodes G rows per prompt (R·G rows), and the slot of every row must follow."""
+    """Activate adapter slots by the forward's batch size: ``evaluation.sampling`` prefills each prompt once (R rows)
+    and decodes G rows per prompt (R·G rows), and the slot of every row must follow."""
     def pre_hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         bank.active_slots = by_rows[ids.shape[0]]
@@ -265,7 +265,6 @@ class EpisodeGenerator:
             reward = EpisodeSelfReward(tokenizer, cfg.reward_weights) if cfg.reward == "self" \
                 else EpisodeRandomReward(cfg.seed)
         self.reward, self.stop = reward, tuple(stop)
-        disable_cpu_4bit_repack(model)
         self.bank = SlotAdapterBank(model, max_concurrency, rank=cfg.rank, alpha=cfg.alpha,
                                     layer_stride=cfg.layer_stride, targets=cfg.targets, init_std=cfg.init_std,
                                     dtype=adapter_dtype)

@@ -15,14 +15,12 @@ attempts of a request are consecutive rows. A reward that runs the model adds th
 
 from __future__ import annotations
 
-import zlib
-from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from pot.rewards import SegmentBatch, SelfReward
+from pot.rewards import SegmentBatch, SelfReward, agreement_scores, seeded_uniform
 
 
 @dataclass
@@ -69,7 +67,7 @@ class EpisodeMajorityReward:
 
     ``keys(texts, finished) -> [hashable | None]`` clusters one request's G attempts, e.g.
     ``lambda t, f: task.answer_keys(t, strict=..., finished=f)`` (equivalent answers share a key). Ties go to the
-    cluster seen first (``Counter.most_common``); a group without any parsed answer scores 0 everywhere.
+    cluster seen first; a group without any parsed answer scores 0 everywhere (``pot.rewards.agreement_scores``).
     """
 
     def __init__(self, keys: Callable[[Sequence[str], Sequence[bool]], list[Hashable | None]]) -> None:
@@ -79,14 +77,9 @@ class EpisodeMajorityReward:
 
     def __call__(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         size = batch.group_size
-        scores = torch.zeros(len(batch.texts))
-        for start in range(0, len(batch.texts), size):
-            keys = self.keys(batch.texts[start:start + size], batch.finished[start:start + size])
-            votes = Counter(k for k in keys if k is not None)
-            if votes:
-                winner = votes.most_common(1)[0][0]
-                for g, key in enumerate(keys):
-                    scores[start + g] = float(key is not None and key == winner)
+        keys = [key for start in range(0, len(batch.texts), size)
+                for key in self.keys(batch.texts[start:start + size], batch.finished[start:start + size])]
+        scores = agreement_scores(keys, size)
         return scores, {"majority": scores}
 
 
@@ -122,9 +115,6 @@ class EpisodeRandomReward:
         self.seed = seed
 
     def __call__(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = []
-        for row, request_seed in enumerate(batch.request_seeds):
-            key = f"{self.seed}:{request_seed}:{batch.update}:{row % batch.group_size}"
-            values.append(torch.rand((), generator=torch.Generator().manual_seed(zlib.crc32(key.encode()))).item())
-        scores = torch.tensor(values)
+        scores = torch.tensor([seeded_uniform(f"{self.seed}:{request_seed}:{batch.update}:{row % batch.group_size}")
+                               for row, request_seed in enumerate(batch.request_seeds)])
         return scores, {"random": scores}

@@ -13,7 +13,7 @@ import re
 import statistics
 import zlib
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -150,13 +150,35 @@ class VerifierReward:
         return scores, {"verifier": scores}
 
 
+def agreement_scores(keys: Sequence[Hashable | None], group_size: int) -> torch.Tensor:
+    """Per row: 1.0 if its key is the plurality key of its group (``group_size`` consecutive rows), else 0.0.
+
+    None (unparsed) casts no vote and scores 0; ties go to the key seen first (``Counter.most_common``); a group with
+    no parsed key scores 0 everywhere. (The evaluation's maj@k shares ties instead: there the vote is an estimate
+    over subsets, here one winner is needed per group.)"""
+    scores = torch.zeros(len(keys))
+    for start in range(0, len(keys), group_size):
+        group = keys[start:start + group_size]
+        votes = Counter(key for key in group if key is not None)
+        if votes:
+            winner = votes.most_common(1)[0][0]
+            for offset, key in enumerate(group):
+                scores[start + offset] = float(key is not None and key == winner)
+    return scores
+
+
+def seeded_uniform(key: str) -> float:
+    """A uniform draw in [0, 1) fixed by ``key`` alone (CRC-32 seed), so a batch gives what separate runs give."""
+    return torch.rand((), generator=torch.Generator().manual_seed(zlib.crc32(key.encode()))).item()
+
+
 class MajorityReward:
     """Label-free agreement (TTRL-style, per instance): 1 if a continuation's interim answer equals the majority
     answer of its request's G continuations, else 0.
 
     ``answer_fn(text) -> hashable | None`` reads the interim answer from the text so far (earlier reasoning plus the
     continuation), e.g. ``task.answer_key``; None (unparsed) casts no vote and scores 0. Ties go to the answer seen
-    first (``Counter.most_common``); a group without any parsed answer scores 0 everywhere.
+    first; a group without any parsed answer scores 0 everywhere (``agreement_scores``).
     """
 
     def __init__(self, answer_fn: Callable[[str], Hashable | None]) -> None:
@@ -169,14 +191,8 @@ class MajorityReward:
         if size < 2 or len(batch.prompts) % size:
             raise ValueError(f"majority reward needs groups of >= 2 continuations, got group_size {size} "
                              f"for {len(batch.prompts)} rows")
-        answers = [self.answer_fn(e + s) for e, s in zip(batch.earlier_texts, batch.segment_texts)]
-        scores = torch.zeros(len(answers))
-        for start in range(0, len(answers), size):
-            votes = Counter(a for a in answers[start:start + size] if a is not None)
-            if votes:
-                winner = votes.most_common(1)[0][0]
-                for row in range(start, start + size):
-                    scores[row] = float(answers[row] is not None and answers[row] == winner)
+        scores = agreement_scores([self.answer_fn(e + s) for e, s in zip(batch.earlier_texts, batch.segment_texts)],
+                                  size)
         return scores, {"majority": scores}
 
 
@@ -188,10 +204,7 @@ class RandomReward:
         self.seed = seed
 
     def __call__(self, batch: SegmentBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = []
-        for row, prompt in enumerate(batch.prompts):
-            key = f"{self.seed}:{batch.update}:{row % batch.group_size}:{prompt}"
-            rng = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            values.append(torch.rand((), generator=rng).item() * 2 - 1)
-        scores = torch.tensor(values)
+        scores = torch.tensor([
+            seeded_uniform(f"{self.seed}:{batch.update}:{row % batch.group_size}:{prompt}") * 2 - 1
+            for row, prompt in enumerate(batch.prompts)])
         return scores, {"random": scores}

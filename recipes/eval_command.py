@@ -20,14 +20,15 @@
 Strategies: ``pass`` (pass@k), ``maj`` (maj@k), ``wmaj`` (weighted maj@k: the ``scorer``'s vote weights summed per
 answer), ``avg`` (avg@k), ``bon`` (best-of-k under ``scorer``), and ``pot``
 which adds one curve ``pot@u`` per update budget u (k = 1: PoT alone; k > 1: oracle best-of-k over ``pot_runs`` PoT
-runs; its compute includes the PoT backward and re-prefill tokens); see ``pot.evaluation`` for the formulas.
-``records.jsonl`` next to it holds every sample (see ``pot.records``).
+runs; its compute includes the PoT backward and re-prefill tokens); see ``evaluation.metrics`` for the formulas.
+``records.jsonl`` next to it holds every sample (see ``evaluation.records``).
 
 PoT (``pot_*`` fields, ``--pot-*`` flags): ``pot_mode`` segment (``pot.generator``) or episode (``pot.episode``),
 ``pot_reward`` self | verifier (the task's checker: oracle, the positive control) | majority (answer clusters of the
 G attempts, label-free) | random (the negative control), ``pot_updates`` budgets, ``pot_group_size`` G,
-``pot_lr`` (None: the mode's default), ``pot_epochs`` and ``pot_answer`` (episode mode). PoT answers are read in
-``answer_mode`` like the sampled ones. Episode mode answers every budget from one run (``answer_at``; the answer
+``pot_lr`` (None: the mode's default), ``pot_epochs`` and ``pot_answer`` (episode mode), and ``pot_options``
+(``--pot-option KEY=VALUE``) for every other ``pot.PoTConfig`` field. PoT answers are read in ``answer_mode`` like
+the sampled ones. Episode mode answers every budget from one run (``answer_at``; the answer
 after u updates equals a run with budget u), each charged only the compute spent up to it.
 """
 
@@ -35,10 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -46,106 +46,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.files import atomic_write_json
-from pot.evaluation import (STRATEGIES, check_ks, curves, finished_rate, paired_bootstrap, pot_curves,
-                            problem_values, unparsed_counts)
-from pot.records import RecordsFile, read_records
-from pot.sampling import BACKENDS, SamplingConfig, sample
-from pot.scorers import RewardModelScorer, check_scorer, score_samples
-from recipes.tasks.base import ANSWER_MODES
-
-
-@dataclass
-class EvalConfig:
-    """The ``eval`` section of a recipe / the flags of ``catpot eval``."""
-
-    n: int = 64
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    strategies: list[str] = field(default_factory=lambda: ["pass", "maj", "bon"])
-    scorer: str = "oracle"
-    answer_mode: str = "flexible"  # "strict": boxed or final-answer statements only, unfinished = wrong
-    backend: str = "hf"
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    prompts_per_batch: int = 4
-    cache: str = "dynamic"  # "static": fixed-shape KV cache for the hf sampler (pot.sampling)
-    compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
-    stop: list[str] = field(default_factory=list)  # strings that end a sample (pot.sampling), e.g. ["\n\nQuestion:"]
-    pot_updates: list[int] = field(default_factory=lambda: [0, 4, 8, 16])
-    pot_runs: int = 4  # PoT runs per problem and budget (best-of-k over them, k <= pot_runs)
-    pot_segment_tokens: int = 128  # tokens generated between two adapter updates
-    pot_mode: str = "segment"  # segment | episode (pot.config.PoTConfig.mode)
-    pot_reward: str = "self"  # self | verifier | majority | random
-    pot_group_size: int = 3  # G attempts (episode) or continuations (segment, group baseline / majority)
-    pot_lr: float | None = None  # None: the mode's default step size (PoTConfig.lr / PoTConfig.episode_lr)
-    pot_epochs: int = 1  # PPO-clip epochs per update (episode mode)
-    pot_answer: str = "greedy"  # greedy | sample: the answer from the final adapter (episode mode)
-
-    def __post_init__(self) -> None:
-        self.ks = check_ks(list(self.ks), self.n)
-        for strategy in self.strategies:
-            if strategy not in (*STRATEGIES, "pot"):
-                raise ValueError(f"eval.strategies must be from {(*STRATEGIES, 'pot')}, got {strategy!r}")
-        for budget in self.pot_updates:
-            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-                raise ValueError(f"eval.pot_updates must hold ints >= 0, got {budget!r}")
-        if isinstance(self.pot_runs, bool) or not isinstance(self.pot_runs, int) or self.pot_runs < 1:
-            raise ValueError(f"eval.pot_runs must be a positive int, got {self.pot_runs!r}")
-        self._check_pot()
-        check_scorer(self.scorer)
-        if self.answer_mode not in ANSWER_MODES:
-            raise ValueError(f"eval.answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"eval.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "vllm" and "pot" in self.strategies:
-            raise ValueError("eval.strategies 'pot' needs eval.backend 'hf' (PoT updates adapter weights in torch), "
-                             "got backend 'vllm'")
-        if self.backend == "vllm" and self.scorer == "self_certainty":
-            raise ValueError("eval.scorer 'self_certainty' needs eval.backend 'hf' (vLLM returns no full "
-                             "next-token distributions), got backend 'vllm'")
-        self.sampling()  # validates the sampling fields (cache, compile, temperature, ...)
-
-    def _check_pot(self) -> None:
-        from pot.config import ANSWERS, MODES, REWARDS
-
-        for name, flag, value, allowed in (("pot_mode", "--pot-mode", self.pot_mode, MODES),
-                                           ("pot_reward", "--pot-reward", self.pot_reward, REWARDS),
-                                           ("pot_answer", "--pot-answer", self.pot_answer, ANSWERS)):
-            if value not in allowed:
-                raise ValueError(f"eval.{name} ({flag}) must be one of {allowed}, got {value!r}")
-        for name, flag, value, low in (("pot_group_size", "--pot-group-size", self.pot_group_size, 2),
-                                       ("pot_epochs", "--pot-epochs", self.pot_epochs, 1),
-                                       ("pot_segment_tokens", "--pot-segment-tokens", self.pot_segment_tokens, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"eval.{name} ({flag}) must be an int >= {low}, got {value!r}")
-        lr = self.pot_lr
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
-                               or lr <= 0):
-            raise ValueError(f"eval.pot_lr (--pot-lr) must be a finite number > 0 or null, got {lr!r}")
-        if "pot" in self.strategies:
-            try:
-                self.pot_config(max(self.pot_updates, default=0), 0)
-            except ValueError as err:
-                raise ValueError(f"eval PoT settings (--pot-*, --temperature): {err}") from None
-
-    def pot_config(self, budget: int, run_index: int = 0):
-        """The ``pot.PoTConfig`` of PoT run ``run_index`` with ``budget`` updates (seeds differ between runs)."""
-        from pot.config import PoTConfig
-
-        lr = {} if self.pot_lr is None else {"episode_lr" if self.pot_mode == "episode" else "lr": float(self.pot_lr)}
-        return PoTConfig(mode=self.pot_mode, reward=self.pot_reward, group_size=self.pot_group_size,
-                         epochs=self.pot_epochs, answer=self.pot_answer, max_updates=budget,
-                         temperature=self.temperature, top_p=self.top_p, segment_tokens=self.pot_segment_tokens,
-                         seed=self.seed * 100_003 + run_index, **lr)
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(n=self.n, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, seed=self.seed, prompts_per_batch=self.prompts_per_batch,
-                              backend=self.backend, cache=self.cache, compile=self.compile, stop=tuple(self.stop))
-
-
-POT_FIELDS_ADDED_LATER = ("pot_mode", "pot_reward", "pot_group_size", "pot_lr", "pot_epochs", "pot_answer")
+from evaluation.config import FIELDS_ADDED_LATER, EvalConfig, field_default
+from evaluation.metrics import curves, finished_rate, paired_bootstrap, pot_curves, problem_values, unparsed_counts
+from evaluation.records import RecordsFile, read_records
+from evaluation.sampling import sample
+from evaluation.scorers import RewardModelScorer, score_samples
+from recipes.flags import add_flags, from_flags
 
 
 def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
@@ -172,7 +78,7 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
                 "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
     identity.pop("every_steps", None)  # when training evaluates (a recipe's eval section), not how
-    later = {"stop": [], "subset": "first", **{name: getattr(EvalConfig, name) for name in POT_FIELDS_ADDED_LATER}}
+    later = {"subset": "first", **{name: field_default(EvalConfig, name) for name in FIELDS_ADDED_LATER}}
     for name, default in later.items():  # fields added later: at their defaults they are left out, so records
         if identity.get(name) == default:  # written before them stay resumable
             identity.pop(name)
@@ -333,7 +239,7 @@ def _episode_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfi
 
 def _segment_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfig, config) -> list[dict]:
     from pot import PoTGenerator
-    from pot.sampling import eos_token_ids
+    from evaluation.sampling import eos_token_ids
 
     strict = eval_cfg.answer_mode == "strict"
     generator = PoTGenerator(model, tokenizer, config, reward=pot_reward(task, problems, config, strict))
@@ -420,15 +326,8 @@ def _load_adapter(model, adapter: str):
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The ``EvalConfig`` of ``catpot eval``'s flags."""
-    return EvalConfig(n=args.n, ks=_int_list(args.ks, "--ks"), strategies=args.strategies.split(","),
-                      scorer=args.scorer, answer_mode=args.answer_mode, backend=args.backend, stop=args.stop or [],
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                      seed=args.seed, prompts_per_batch=args.prompts_per_batch, cache=args.cache,
-                      compile=args.compile, pot_updates=_int_list(args.pot_updates, "--pot-updates"),
-                      pot_runs=args.pot_runs, pot_segment_tokens=args.pot_segment_tokens, pot_mode=args.pot_mode,
-                      pot_reward=args.pot_reward, pot_group_size=args.pot_group_size, pot_lr=args.pot_lr,
-                      pot_epochs=args.pot_epochs, pot_answer=args.pot_answer)
+    """The ``EvalConfig`` of ``catpot eval``'s flags (``recipes.flags``: one flag per field)."""
+    return from_flags(EvalConfig, args)
 
 
 def run_eval(args: argparse.Namespace) -> dict:
@@ -484,7 +383,7 @@ VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank value
 
 
 def _load_vllm(args: argparse.Namespace):
-    """``(pot.sampling.VLLMModel, tokenizer, parameter count)`` for ``--backend vllm``; the count comes from a
+    """``(evaluation.sampling.VLLMModel, tokenizer, parameter count)`` for ``--backend vllm``; the count comes from a
     meta-device build. ``--adapter``: the engine is built with ``enable_lora=True`` and a ``max_lora_rank`` that
     holds the adapter's rank, and every request carries the adapter as a ``LoRARequest`` (unmerged, as on hf)."""
     try:
@@ -494,7 +393,7 @@ def _load_vllm(args: argparse.Namespace):
                          "installed") from None
     from transformers import AutoTokenizer
 
-    from pot.sampling import VLLMModel
+    from evaluation.sampling import VLLMModel
     from core.models import resolve_model_path
 
     path = resolve_model_path(args.model)
@@ -579,13 +478,6 @@ def task_options(pairs: list[str]) -> dict:
     return dict(parse_override(pair, "--task-option") for pair in pairs)
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated ints, got {text!r}") from None
-
-
 def register(subparsers) -> None:
     """Add ``eval`` and ``compare`` to a ``catpot`` argparse subparsers object."""
     p = subparsers.add_parser("eval", help="scaling curves (pass@k, maj@k, best-of-k) of a model on a task")
@@ -608,39 +500,12 @@ def register(subparsers) -> None:
     p.add_argument("--fewshot", type=int, default=0, help="worked examples from the train split before each problem")
     p.add_argument("--fewshot-format", default=None, help="turns (chat turns; the default with a chat template) | "
                    "text (plain text in the prompt)")
-    p.add_argument("--stop", action="append", metavar="STRING", help="a string that ends a sample (repeatable; "
-                   "in bash write a newline as $'\\n')")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--ks", default="1,2,4,8,16,32,64")
-    p.add_argument("--strategies", default="pass,maj,bon", help="from pass,maj,wmaj,avg,bon,pot")
-    p.add_argument("--pot-updates", "--pot-budget", dest="pot_updates", default="0,4,8,16",
-                   help="PoT adapter-update budgets (strategy pot), comma-separated")
-    p.add_argument("--pot-runs", type=int, default=4, help="PoT runs per problem and budget")
-    p.add_argument("--pot-segment-tokens", type=int, default=128, help="tokens between PoT adapter updates (segment)")
-    p.add_argument("--pot-mode", default="segment", help="segment (updates while writing one answer) | episode "
-                   "(G whole attempts per update, then the answer)")
-    p.add_argument("--pot-reward", default="self", help="self | verifier (oracle: positive control) | majority "
-                   "(label-free) | random (negative control)")
-    p.add_argument("--pot-group-size", type=int, default=3, help="G attempts per PoT update")
-    p.add_argument("--pot-lr", type=float, default=None, help="PoT adapter learning rate (default: the mode's)")
-    p.add_argument("--pot-epochs", type=int, default=1, help="PPO-clip epochs per update (episode mode)")
-    p.add_argument("--pot-answer", default="greedy", help="greedy | sample: the answer after the updates (episode)")
-    p.add_argument("--scorer", default="oracle", help="oracle|self_certainty|mean_logprob|reward_model:ID")
-    p.add_argument("--answer-mode", default="flexible", help="flexible (last number as fallback) | strict (boxed "
-                   "or a final-answer statement only; unfinished outputs are wrong)")
-    p.add_argument("--backend", default="hf", help="hf|vllm")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--task-seed", type=int, default=0, help="which problems (kept apart from --seed, so that "
                    "evaluations with different sampling seeds compare on the same problems)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--prompts-per-batch", type=int, default=4, help="prompts decoded together (each with n rows)")
-    p.add_argument("--cache", default="dynamic", help="dynamic|static KV cache of the hf sampler")
-    p.add_argument("--compile", action="store_true", help="torch.compile the static-cache decode step (CUDA)")
     p.add_argument("--wandb-group", default=None, help="W&B group of the run (project: $WANDB_PROJECT or catpot)")
+    add_flags(p, EvalConfig)
     p.set_defaults(func=run_eval)
     c = subparsers.add_parser("compare", help="paired bootstrap between two evaluation directories")
     c.add_argument("a")

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.files import atomic_write_bytes, atomic_write_json, deterministic_tar_gz
-from pot.records import read_records
+from evaluation.records import read_records
 from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model

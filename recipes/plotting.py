@@ -6,6 +6,7 @@ training step, with the across-seed interval as a band)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -116,85 +117,89 @@ def _band(ax, xs, rows, colour) -> None:
         ax.fill_between(xs, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=colour, alpha=0.12)
 
 
-def plot_seed_curves(rows: list[dict], out_png: str | Path, step: int, strategies: list[str]) -> Path:
-    """Each arm's mean over seeds against k at ``step`` (``recipes.seed_analysis`` curve rows), the across-seed
-    interval as a band and each seed as faint points; one panel per strategy."""
+def _seed_panels(rows: list[dict], panels: list[tuple[str, Callable[[dict], bool]]], x: str, draw_seeds=None,
+                 zero_line: bool = False):
+    """One panel per ``(ylabel, keep(row) -> bool)``: each arm's mean over seeds against ``x`` with the across-seed
+    band; ``draw_seeds(ax, points, colour, arm_index, arms)`` adds each seed's values. Returns (figure, axes)."""
     colours = _arm_colours(rows)
-    fig, axes = plt.subplots(1, len(strategies), figsize=(5.5 * len(strategies), 4), squeeze=False)
-    for ax, strategy in zip(axes[0], strategies):
-        for arm, colour in colours.items():
-            points = sorted((r for r in rows if r["arm"] == arm and r["step"] == step and r["strategy"] == strategy),
-                            key=lambda r: r["k"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (_, keep) in zip(axes[0], panels):
+        if zero_line:
+            ax.axhline(0.0, color="black", linewidth=0.8)
+        for index, (arm, colour) in enumerate(colours.items()):
+            points = sorted((r for r in rows if r["arm"] == arm and keep(r)), key=lambda r: r[x])
             if not points:
                 continue
-            ks = [p["k"] for p in points]
-            ax.plot(ks, [p["mean"] for p in points], marker="o", color=colour, label=arm)
-            _band(ax, ks, points, colour)
-            for p in points:
-                ax.scatter([p["k"]] * len(p["seeds"]), [s["value"] for s in p["seeds"]], color=colour, s=6, alpha=0.4)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("samples per problem (k)")
-        ax.set_ylabel(f"{strategy}@k at step {step}")
-        ax.set_ylim(-0.02, 1.02)
+            xs = [p[x] for p in points]
+            ax.plot(xs, [p["mean"] for p in points], marker="o", color=colour, label=arm)
+            _band(ax, xs, points, colour)
+            if draw_seeds is not None:
+                draw_seeds(ax, points, colour, index, len(colours))
+    for ax, (ylabel, _) in zip(axes[0], panels):
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
+    return fig, axes[0]
+
+
+def _save(fig, out_png: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_seed_curves(rows: list[dict], out_png: str | Path, step: int, strategies: list[str]) -> Path:
+    """Each arm's mean over seeds against k at ``step`` (``recipes.seed_analysis`` curve rows), the across-seed
+    interval as a band and each seed as faint points; one panel per strategy."""
+    def seeds(ax, points, colour, index, arms):
+        for p in points:
+            ax.scatter([p["k"]] * len(p["seeds"]), [s["value"] for s in p["seeds"]], color=colour, s=6, alpha=0.4)
+
+    panels = [(f"{strategy}@k at step {step}", lambda r, s=strategy: r["step"] == step and r["strategy"] == s)
+              for strategy in strategies]
+    fig, axes = _seed_panels(rows, panels, "k", seeds)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples per problem (k)")
+        ax.set_ylim(-0.02, 1.02)
+    return _save(fig, out_png)
+
+
+def _by_metric(metrics: list[tuple[str, int]], label) -> list[tuple[str, Callable[[dict], bool]]]:
+    return [(label(strategy, k), lambda r, s=strategy, k=k: r["strategy"] == s and r["k"] == k)
+            for strategy, k in metrics]
+
+
+def _step_axes(axes, rows: list[dict]) -> None:
+    for ax in axes:
+        ax.set_xticks(sorted({r["step"] for r in rows}))
+        ax.set_xlabel("training step")
 
 
 def plot_seed_steps(rows: list[dict], out_png: str | Path, metrics: list[tuple[str, int]]) -> Path:
     """Each arm's mean over seeds against the training step (step 0: the base model), one panel per (strategy, k)."""
-    colours = _arm_colours(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
-    for ax, (strategy, k) in zip(axes[0], metrics):
-        for arm, colour in colours.items():
-            points = sorted((r for r in rows if r["arm"] == arm and r["strategy"] == strategy and r["k"] == k),
-                            key=lambda r: r["step"])
-            if not points:
-                continue
-            steps = [p["step"] for p in points]
-            ax.plot(steps, [p["mean"] for p in points], marker="o", color=colour, label=arm)
-            _band(ax, steps, points, colour)
-        ax.set_xticks(sorted({r["step"] for r in rows}))
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"{strategy}@{k}")
+    fig, axes = _seed_panels(rows, _by_metric(metrics, lambda s, k: f"{s}@{k}"), "step")
+    _step_axes(axes, rows)
+    for ax in axes:
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
+    return _save(fig, out_png)
 
 
 def plot_seed_differences(rows: list[dict], out_png: str | Path, metrics: list[tuple[str, int]],
                           baseline: str = "baseline") -> Path:
     """Arm − baseline against the training step: mean over seeds with the across-seed band, and every seed's paired
     difference with its paired-bootstrap interval as an error bar (offset sideways to stay readable)."""
-    colours = _arm_colours(rows)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
-    for ax, (strategy, k) in zip(axes[0], metrics):
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        for index, (arm, colour) in enumerate(colours.items()):
-            points = sorted((r for r in rows if r["arm"] == arm and r["strategy"] == strategy and r["k"] == k),
-                            key=lambda r: r["step"])
-            if not points:
-                continue
-            steps = [p["step"] for p in points]
-            ax.plot(steps, [p["mean"] for p in points], marker="o", color=colour, label=arm)
-            _band(ax, steps, points, colour)
-            width = (max(steps) - min(steps) or 1) * 0.012
-            for p in points:
-                for j, s in enumerate(p["seeds"]):
-                    x = p["step"] + width * (index - len(colours) / 2 + j / max(len(p["seeds"]), 1))
-                    ax.errorbar([x], [s["difference"]], yerr=[[s["difference"] - s["ci_low"]],
-                                                              [s["ci_high"] - s["difference"]]],
-                                fmt=".", color=colour, alpha=0.4, capsize=2, markersize=3)
-        ax.set_xticks(sorted({r["step"] for r in rows}))
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"{strategy}@{k}: arm − {baseline}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
+    def seeds(ax, points, colour, index, arms):
+        steps = [p["step"] for p in points]
+        width = (max(steps) - min(steps) or 1) * 0.012
+        for p in points:
+            for j, s in enumerate(p["seeds"]):
+                x = p["step"] + width * (index - arms / 2 + j / max(len(p["seeds"]), 1))
+                ax.errorbar([x], [s["difference"]], yerr=[[s["difference"] - s["ci_low"]],
+                                                          [s["ci_high"] - s["difference"]]],
+                            fmt=".", color=colour, alpha=0.4, capsize=2, markersize=3)
+
+    fig, axes = _seed_panels(rows, _by_metric(metrics, lambda s, k: f"{s}@{k}: arm − {baseline}"), "step",
+                             seeds, zero_line=True)
+    _step_axes(axes, rows)
+    return _save(fig, out_png)

@@ -6,8 +6,8 @@ Inputs, per seed S (``catpot experiment DIR --seed S`` outputs): each arm's eval
 Two intervals, because there are two sources of noise:
 
 * **within a seed** (problems): the 95% percentile bootstrap over the held-out problems of that seed's evaluation —
-  for a curve point ``results.json``'s CI, for an arm − baseline difference ``pot.evaluation.paired_bootstrap`` of the
-  per-problem values (the same problems resampled for both arms). It ignores training randomness.
+  for a curve point ``results.json``'s CI, for an arm − baseline difference ``evaluation.metrics.paired_bootstrap``
+  of the per-problem values (the same problems resampled for both arms). It ignores training randomness.
 * **across seeds** (training runs): the mean over seeds of the per-seed values with a Student t 95% interval,
   mean ± t_{0.975, S−1} · sd / √S (sd with S − 1 in the denominator). The seeds are the independent replications of
   training, so this interval is the one that speaks to "does the objective change the result"; it assumes the
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pot.evaluation import paired_bootstrap, problem_curve
-from pot.records import read_records
+from evaluation.metrics import paired_bootstrap, problem_curve
+from evaluation.records import read_records
 
 SUMMARY_FILE, TABLE_FILE = "seeds.json", "seeds.md"
 LEVEL = 0.95

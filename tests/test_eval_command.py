@@ -14,9 +14,9 @@ import torch
 from rich.console import Console
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from pot.evaluation import best_of_k_selected, weighted_majority_at_k
-from pot.records import read_records
-from pot.scorers import RewardModelScorer, vote_weights
+from cat.estimators import best_of_k_expected, majority_at_k
+from evaluation.records import read_records
+from evaluation.scorers import RewardModelScorer, vote_weights
 from recipes.eval_command import (EvalConfig, evaluate_model, log_to_wandb, parameter_count, print_results_table,
                                   register)
 from recipes.tasks import Task, load_task
@@ -120,13 +120,13 @@ def test_reward_model_scorer_batches_like_single_calls_and_drives_best_of_k(tiny
     results = evaluate_model(model.eval(), tok, task, cfg, tmp_path / "out")
     _, records = read_records(tmp_path / "out" / "records.jsonl")
     for point in results["curves"]["bon"]:
-        expected = sum(best_of_k_selected([s["scores"][cfg.scorer] for s in r["samples"]],
-                                          [s["correct"] for s in r["samples"]], point["k"]) for r in records) / 2
+        expected = sum(best_of_k_expected([s["scores"][cfg.scorer] for s in r["samples"]], point["k"],
+                                          outcomes=[s["correct"] for s in r["samples"]]) for r in records) / 2
         assert point["value"] == pytest.approx(expected)
     for point in results["curves"]["wmaj"]:
-        expected = sum(weighted_majority_at_k(
-            [s["answer_key"] for s in r["samples"]], [s["correct"] for s in r["samples"]],
-            vote_weights(cfg.scorer, [s["scores"][cfg.scorer] for s in r["samples"]]), point["k"]).value
+        expected = sum(majority_at_k(
+            [s["answer_key"] for s in r["samples"]], [s["correct"] for s in r["samples"]], point["k"],
+            weights=vote_weights(cfg.scorer, [s["scores"][cfg.scorer] for s in r["samples"]])).value
             for r in records) / 2
         assert point["value"] == pytest.approx(expected)
     unparsed = sum(s["answer_key"] is None for r in records for s in r["samples"])

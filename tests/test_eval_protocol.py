@@ -2,7 +2,7 @@
 
 import pytest
 
-from pot.records import read_records
+from evaluation.records import read_records
 from recipes.cli import main
 from recipes.eval_command import EvalConfig, evaluate_model
 from recipes.tasks import load_task

@@ -12,7 +12,7 @@ import transformers
 import trl
 
 from conftest import REPO_ROOT
-from pot.records import read_records
+from evaluation.records import read_records
 from recipes.eval_command import register
 from recipes.provenance import git_revision, model_fingerprint
 from recipes.tasks import load_task

@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cat.estimators import majority_at_k
-from pot.evaluation import (best_of_k_selected, bootstrap_ci, curves, finished_rate, paired_bootstrap,
-                            problem_values, unparsed_counts, weighted_majority_at_k)
-from pot.records import RecordsFile, read_records
-from pot.scorers import vote_weights
+from cat.estimators import best_of_k_expected, majority_at_k
+from evaluation.metrics import (bootstrap_ci, curves, finished_rate, paired_bootstrap,
+                            problem_values, unparsed_counts)
+from evaluation.records import RecordsFile, read_records
+from evaluation.scorers import vote_weights
 
 
 def make_record(pid, keys, correct, scores, tokens=None):
@@ -90,7 +90,7 @@ def test_metrics_match_brute_force(strategy, k):
 def test_best_of_k_with_ties_matches_brute_force(pairs, data):
     k = data.draw(st.integers(1, len(pairs)))
     record = make_record("x", ["1"] * len(pairs), [c for _, c in pairs], [float(s) for s, _ in pairs])
-    assert best_of_k_selected([float(s) for s, _ in pairs], [c for _, c in pairs], k) == float(
+    assert best_of_k_expected([float(s) for s, _ in pairs], k, outcomes=[c for _, c in pairs]) == float(
         brute(record, "bon", k))
 
 
@@ -102,10 +102,10 @@ def test_weighted_majority_matches_brute_force(votes, data):
     weights = [w / 2 for _, w in votes]  # halves: float sums are exact, so ties are real ties
     correct = [key == "2" for key in keys]
     k = data.draw(st.integers(1, len(votes)))
-    estimate = weighted_majority_at_k(keys, correct, weights, k)
+    estimate = majority_at_k(keys, correct, k, weights=weights)
     assert estimate.exact and estimate.stderr == 0
     assert estimate.value == float(brute_weighted_vote(keys, correct, weights, k))
-    equal = weighted_majority_at_k(keys, correct, [1.0] * len(keys), k)
+    equal = majority_at_k(keys, correct, k, weights=[1.0] * len(keys))
     assert equal.value == pytest.approx(majority_at_k(keys, correct, k).value, abs=1e-12)  # equal weights = maj
 
 
@@ -113,12 +113,12 @@ def test_weighted_majority_monte_carlo_within_its_error():
     keys = ["1", "2", "2", None, "3", "1", "2", "3", "1", "4"]
     correct = [key == "1" for key in keys]
     weights = [2.0, 0.5, 0.7, 9.0, 1.0, 0.2, 0.6, 1.1, 0.4, 3.0]
-    exact = weighted_majority_at_k(keys, correct, weights, 5)
-    mc = weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, method="monte_carlo")
+    exact = majority_at_k(keys, correct, 5, weights=weights)
+    mc = majority_at_k(keys, correct, 5, samples=20000, seed=1, method="monte_carlo", weights=weights)
     assert exact.exact and not mc.exact and 0 < mc.stderr < 0.01
     assert abs(mc.value - exact.value) < 4 * mc.stderr
-    assert mc == weighted_majority_at_k(keys, correct, weights, 5, samples=20000, seed=1, method="monte_carlo")
-    enumerated = weighted_majority_at_k(keys, correct, weights, 5, method="enumerate")
+    assert mc == majority_at_k(keys, correct, 5, samples=20000, seed=1, method="monte_carlo", weights=weights)
+    enumerated = majority_at_k(keys, correct, 5, method="enumerate", weights=weights)
     assert enumerated == exact
 
 
@@ -142,9 +142,9 @@ def test_wmaj_strategy_uses_vote_weights_of_the_scorer(scorer, transform):
 
 def test_bad_weighted_vote_inputs():
     with pytest.raises(ValueError, match="weights must be finite and >= 0, got -1.0 at index 1"):
-        weighted_majority_at_k(["1", "2"], [True, False], [1.0, -1.0], 1)
+        majority_at_k(["1", "2"], [True, False], 1, weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="k=3"):
-        weighted_majority_at_k(["1", "2"], [True, False], [1.0, 1.0], 3)
+        majority_at_k(["1", "2"], [True, False], 3, weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="finite 'self_certainty' scores, got nan"):
         vote_weights("self_certainty", [0.1, float("nan")])
 

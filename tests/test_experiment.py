@@ -7,8 +7,8 @@ import tarfile
 import pytest
 import yaml
 
-from pot.evaluation import paired_bootstrap, problem_values
-from pot.records import read_records
+from evaluation.metrics import paired_bootstrap, problem_values
+from evaluation.records import read_records
 from recipes.cli import main
 from test_train_pipeline import TINY_RECIPE
 

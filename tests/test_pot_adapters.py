@@ -147,6 +147,7 @@ def test_projection_norm_of_wrapped_and_quantised_projections(tiny, tmp_path):
     import bitsandbytes.functional as bnbf
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from core.models import disable_cpu_4bit_repack
     from pot.adapters import projection_norm
 
     model, _ = tiny
@@ -159,6 +160,7 @@ def test_projection_norm_of_wrapped_and_quantised_projections(tiny, tmp_path):
     model.save_pretrained(tmp_path)
     quantized = AutoModelForCausalLM.from_pretrained(
         tmp_path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    disable_cpu_4bit_repack(quantized)  # as SlotAdapterBank does: on AVX512-BF16 CPUs bnb would compute in bf16
     v = quantized.model.layers[0].self_attn.v_proj
     dense = bnbf.dequantize_4bit(v.weight.data, v.weight.quant_state).double()
     assert projection_norm(v, chunk=24) == pytest.approx(float(dense.norm()), rel=1e-5)

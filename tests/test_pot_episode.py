@@ -14,8 +14,9 @@ from pot.episode import (EpisodeGenerator, attempt_logprobs, clipped_surrogate, 
                          relative_adapter_norms)
 from pot.episode_rewards import EpisodeBatch, EpisodeMajorityReward, EpisodeVerifierReward
 from pot.generator import request_seed
-from pot.records import read_records
-from pot.sampling import SamplingConfig, sample
+from evaluation.records import read_records
+from evaluation.config import SamplingConfig
+from evaluation.sampling import sample
 from recipes.eval_command import EvalConfig, eval_config, evaluate_model, register
 from recipes.tasks import load_task
 
@@ -227,7 +228,7 @@ def cli(*flags: str) -> argparse.Namespace:
 
 def test_cli_flags_reach_the_pot_config():
     cfg = eval_config(cli("--strategies", "pass,pot", "--pot-mode", "episode", "--pot-reward", "majority",
-                          "--pot-budget", "0,2,8", "--pot-group-size", "5", "--pot-lr", "0.02", "--pot-epochs", "3",
+                          "--pot-updates", "0,2,8", "--pot-group-size", "5", "--pot-lr", "0.02", "--pot-epochs", "3",
                           "--pot-answer", "sample", "--temperature", "0.7", "--seed", "2"))
     pot = cfg.pot_config(8, run_index=1)
     assert (pot.mode, pot.reward, pot.max_updates, pot.group_size, pot.episode_lr, pot.epochs, pot.answer) == \
@@ -245,7 +246,7 @@ def test_cli_flags_reach_the_pot_config():
     (("--pot-epochs", "0"), "eval.pot_epochs (--pot-epochs) must be an int >= 1, got 0"),
     (("--pot-lr", "-1"), "eval.pot_lr (--pot-lr) must be a finite number > 0 or null, got -1.0"),
     (("--pot-answer", "best"), "eval.pot_answer (--pot-answer) must be one of ('greedy', 'sample'), got 'best'"),
-    (("--pot-budget", "1,x"), "--pot-updates must be comma-separated ints, got '1,x'"),
+    (("--pot-updates", "1,x"), "--pot-updates must be comma-separated ints, got '1,x'"),
     (("--strategies", "pot", "--pot-mode", "episode", "--temperature", "0"), "needs temperature > 0, got 0.0"),
 ])
 def test_bad_pot_flags_give_one_line_errors(flags, message):

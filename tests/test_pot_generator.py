@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
+from evaluation.config import SamplingConfig
+from evaluation.sampling import prompt_seed, sample
 from pot import PoTConfig, PoTGenerator, RandomReward
 from pot.adapters import SlotAdapterBank
 from pot.generator import request_seed
@@ -85,21 +87,36 @@ def test_no_updates_greedy_equals_hf_generate(tiny, min_new_tokens):
 
 
 def test_no_updates_sampling_equals_uncached_reference_sampler(tiny):
+    """Reference: no cache, one uniform u per step from the sampler's per-prompt stream, token = the first index
+    whose cumulative warped probability reaches u (inverse CDF)."""
     model, tok = tiny
     cfg = PoTConfig(max_updates=0, segment_tokens=5, temperature=0.8, top_p=0.9, seed=3)
     ours = PoTGenerator(model, tok, cfg).generate(PROMPTS, max_new_tokens=15)
     for prompt, result in zip(PROMPTS, ours):
-        rng = torch.Generator().manual_seed(request_seed(3, prompt))
+        rng = torch.Generator().manual_seed(prompt_seed(3, prompt))
         ids = _encode(tok, prompt)
         out = []
         with torch.no_grad():
             for _ in range(15):
                 logits = model(input_ids=torch.tensor([ids + out])).logits[:, -1].float()
-                scores = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.8)(None, logits))
-                out.append(int(torch.multinomial(scores.softmax(-1)[0], 1, generator=rng)))
+                probs = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.8)(None, logits)).softmax(-1)[0]
+                u = float(torch.rand(1, generator=rng, dtype=torch.float64))
+                cdf = probs.double().cumsum(0)
+                out.append(int((cdf < u * float(cdf[-1])).sum()))
                 if out[-1] == tok.eos_token_id:
                     break
         assert result.token_ids == out
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.8)])
+def test_no_updates_equals_the_evaluation_sampler(tiny, temperature, top_p):
+    """PoT draws with the sampler's seeds and picker: without updates it samples exactly what ``sample`` does."""
+    model, tok = tiny
+    cfg = PoTConfig(max_updates=0, segment_tokens=4, temperature=temperature, top_p=top_p, seed=11)
+    ours = PoTGenerator(model, tok, cfg).generate(PROMPTS, max_new_tokens=14)
+    theirs = sample(model, tok, PROMPTS, SamplingConfig(n=1, max_new_tokens=14, temperature=temperature,
+                                                         top_p=top_p, seed=11, prompts_per_batch=len(PROMPTS)))
+    assert [r.token_ids for r in ours] == [list(pool[0].token_ids) for pool in theirs]
 
 
 @pytest.mark.parametrize(("temperature", "baseline"), [(0.0, "ema"), (1.0, "ema"), (1.0, "group")])
@@ -396,22 +413,17 @@ def test_smollm2_short_run(smollm2):
     assert result.trace.backward_tokens == 6 * len(result.trace.updates)
 
 
-def test_gate_fit_recovers_linear_benefit_and_gates_off_to_plain(tiny):
-    from pot.gate import DifficultyGate, GateRecord
+def test_a_gated_off_request_is_plain_generation(tiny):
+    """``gate=``: any object whose ``decide(model, tokenizer, prompts)`` returns one bool per prompt; a request it
+    turns off is generated as with no updates at all."""
+
+    class GateOff:
+        def decide(self, model, tokenizer, prompts):
+            return [False] * len(prompts)
 
     model, tok = tiny
-    prompts = [f"question {i}: {'x' * i}" for i in range(1, 40)]
-    gate = DifficultyGate(layer=1, ridge=1e-9)
-    feats = gate.features(model, tok, prompts).double()
-    true_w = torch.linspace(-1, 1, feats.shape[1], dtype=torch.float64)
-    benefit = feats @ true_w + 0.1
-    records = [GateRecord(p, float(b), 0.0) for p, b in zip(prompts, benefit)]
-    gate.fit(model, tok, records)
-    torch.testing.assert_close(gate.predict(model, tok, prompts), benefit, rtol=1e-4, atol=1e-4)
-
-    gate.threshold = float("inf")  # every request gated off: plain generation, no updates
     cfg = PoTConfig(max_updates=3, segment_tokens=5, lr=0.05)
-    gated = PoTGenerator(model, tok, cfg, gate=gate).generate(PROMPTS, max_new_tokens=15)
+    gated = PoTGenerator(model, tok, cfg, gate=GateOff()).generate(PROMPTS, max_new_tokens=15)
     plain = PoTGenerator(model, tok, PoTConfig(max_updates=0, segment_tokens=5)).generate(PROMPTS, max_new_tokens=15)
     assert [g.token_ids for g in gated] == [p.token_ids for p in plain]
     assert all(g.trace.gated_off and not g.trace.updates for g in gated)
@@ -481,7 +493,7 @@ def test_batch_compute_totals_equal_separate_runs(tiny, window, stale_kv):
     handle = _raise_logit(model, tok.eos_token_id, 2.5)
     prompts = [PROMPTS[0], PROMPTS[1], "Q: 7*6?\nA:"]
     cfg = PoTConfig(baseline="group", group_size=2, temperature=1.0, max_updates=3, segment_tokens=4, lr=0.05,
-                    rank=4, seed=2, window=window, stale_kv=stale_kv)
+                    rank=4, seed=6, window=window, stale_kv=stale_kv)
     try:
         gen = PoTGenerator(model, tok, cfg, reward=RandomReward(0), gate=GateOff(prompts[1]))
         batched = gen.generate(prompts, max_new_tokens=20)
@@ -504,7 +516,7 @@ def test_batch_compute_totals_equal_separate_runs(tiny, window, stale_kv):
 def test_stops_at_every_generation_config_eos(tiny, min_new_tokens):
     """A Llama-3-style generation config lists several end ids: PoT stops at any of them, like transformers and
     the sampler."""
-    from pot.sampling import eos_token_ids
+    from evaluation.sampling import eos_token_ids
 
     model, tok = tiny
     ids = torch.tensor([_encode(tok, PROMPTS[1])])

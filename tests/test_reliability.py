@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pot.records import RecordsFile, read_records
+from evaluation.records import RecordsFile, read_records
 from recipes.cli import main
 from test_train_pipeline import TINY_RECIPE
 
@@ -214,7 +214,8 @@ def test_kill_during_a_records_rewrite_keeps_every_record(tmp_path):
     records = [{"id": f"p{i:05d}", "samples": [{"text": "x" * 3000}]} for i in range(10_000)]
     clean = "\n".join(json.dumps(line) for line in [{"config": config}, *records]) + "\n"
     path.write_text(clean + '{"id": "p10000", "samp')  # the torn last line of a killed evaluation
-    code = "import json, sys\nfrom pot.records import RecordsFile\nRecordsFile(sys.argv[1], json.loads(sys.argv[2]))"
+    code = ("import json, sys\nfrom evaluation.records import RecordsFile\n"
+            "RecordsFile(sys.argv[1], json.loads(sys.argv[2]))")
     process = subprocess.Popen([sys.executable, "-c", code, str(path), json.dumps(config)], env=ENV)
     deadline, killed = time.monotonic() + 120, False
     while process.poll() is None and time.monotonic() < deadline:
@@ -252,7 +253,7 @@ def test_a_failed_write_keeps_the_previous_cat_state_and_records(tmp_path):
     records.write_text('{"config": {"n": 1}}\n' + "".join(json.dumps({"id": f"p{i}", "s": "x" * 50}) + "\n"
                                                           for i in range(20)) + '{"id": "p20", "s"')
     before = records.read_text()
-    done = _disk_full("from pot.records import RecordsFile", f"RecordsFile({str(records)!r}, {{'n': 1}})", 512)
+    done = _disk_full("from evaluation.records import RecordsFile", f"RecordsFile({str(records)!r}, {{'n': 1}})", 512)
     assert done.returncode != 0 and "File too large" in done.stderr
     assert records.read_text() == before
 

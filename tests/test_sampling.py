@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from pot.sampling import SamplingConfig, sample
+from evaluation.config import SamplingConfig
+from evaluation.sampling import sample
 
 PROMPTS = ["<|im_start|>user\n12+7<|im_end|>\n<|im_start|>assistant\n", "hi there, a longer prompt"]
 

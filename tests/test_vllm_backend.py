@@ -20,8 +20,9 @@ import pytest
 
 import core.models  # noqa: F401  (imports TRL, which probes for vllm once: before any stand-in exists)
 from conftest import REPO_ROOT
-from pot.records import read_records
-from pot.sampling import SamplingConfig, VLLMModel, _sample_vllm, prompt_seed
+from evaluation.config import SamplingConfig
+from evaluation.records import read_records
+from evaluation.sampling import VLLMModel, _sample_vllm, prompt_seed
 from recipes.eval_command import register
 
 

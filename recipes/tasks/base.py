@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from recipes.tasks.answers import answer_key, answers_equivalent, cluster_keys, extract_answer
 
-ANSWER_MODES = ("flexible", "strict")
 SUBSETS = ("first", "random")
 FEWSHOT_FORMATS = ("turns", "text")
 FEWSHOT_DELIMITER = "\n\n"  # between examples (lm-evaluation-harness's default fewshot_delimiter)

@@ -19,17 +19,8 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pot.sampling import Sample
-
-SCORERS = ("oracle", "self_certainty", "mean_logprob", "reward_model:ID")
-
-
-def check_scorer(spec: str) -> str:
-    """Validate a scorer name (``reward_model:`` needs a non-empty model id/path)."""
-    if spec in SCORERS[:3] or (isinstance(spec, str) and spec.startswith("reward_model:") and len(spec) > 13):
-        return spec
-    raise ValueError(f"scorer must be one of {SCORERS}, got {spec!r}")
-
+from evaluation.config import check_scorer
+from evaluation.sampling import Sample
 
 class RewardModelScorer:
     """Scores (prompt, completion) pairs with a sequence-classification reward model's single logit."""

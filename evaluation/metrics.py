@@ -1,6 +1,6 @@
 """Metrics, compute and confidence intervals from one pool of n samples per problem.
 
-A *record* is one problem's dict (see ``pot.records``): ``samples`` (each with ``answer_key``, ``correct``,
+A *record* is one problem's dict (see ``evaluation.records``): ``samples`` (each with ``answer_key``, ``correct``,
 ``num_tokens`` and ``scores: {scorer: float}``), plus ``prompt_tokens`` and ``wall_time``. For every strategy and k:
 
 - ``pass``: unbiased pass@k = 1 − C(n−c, k)/C(n, k) (``cat.estimators.pass_at_k``, Chen et al. 2021);
@@ -8,8 +8,8 @@ A *record* is one problem's dict (see ``pot.records``): ``samples`` (each with `
   n and k by counting the subsets each answer cluster wins; ties shared equally among the tied answers;
 - ``avg``: avg@k = expected accuracy of one of k samples = c/n;
 - ``wmaj``: weighted majority vote over size-k subsets: each parsed answer collects the sum of its samples' vote
-  weights (``pot.scorers.vote_weights`` of the scorer's scores) and the heaviest answer wins, ties shared; exact by
-  counting or enumeration where possible, else Monte Carlo with its standard error reported as ``mc_stderr``
+  weights (``evaluation.scorers.vote_weights`` of the scorer's scores) and the heaviest answer wins, ties shared;
+  exact by counting or enumeration where possible, else Monte Carlo with its standard error reported as ``mc_stderr``
   (``majority_curve`` documents when);
 - ``bon``: best-of-k under a scorer = E[correct of the highest-scoring sample of a uniform k-subset]
   = Σ_g [C(l_g + s_g, k) − C(l_g, k)]/C(n, k) · (share correct of score group g), ties for the top score shared
@@ -28,34 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
-from cat.estimators import (EXACT_SUBSET_LIMIT, MajorityEstimate, best_of_k_curve, best_of_k_expected,
-                            majority_at_k, majority_curve, pass_at_k)
-from pot.scorers import vote_weights
+from cat.estimators import best_of_k_curve, majority_curve, pass_at_k
+from evaluation.config import STRATEGIES, check_ks
+from evaluation.scorers import vote_weights
 
-STRATEGIES = ("pass", "maj", "wmaj", "avg", "bon")
 BOOTSTRAP_RESAMPLES = 2000
-
-
-def check_ks(ks: list[int], n: int) -> list[int]:
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"ks must hold positive ints, got {k!r}")
-        if k > n:
-            raise ValueError(f"every k must be <= n={n}, got k={k}")
-    return sorted(set(ks))
-
-
-def best_of_k_selected(scores: list[float], correct: list[bool], k: int) -> float:
-    """Expected correctness of the top-scoring sample of a uniform size-k subset (``best_of_k_expected``)."""
-    return best_of_k_expected(scores, k, outcomes=correct)
-
-
-def weighted_majority_at_k(answer_keys: list, correct: list[bool], weights: list[float], k: int,
-                           samples: int | None = None, seed: int = 0, exact_limit: int = EXACT_SUBSET_LIMIT,
-                           method: str = "auto") -> MajorityEstimate:
-    """Expected accuracy of the weighted vote over uniform size-k subsets (``majority_curve`` with ``weights``)."""
-    return majority_at_k(answer_keys, correct, k, samples, seed, weights=weights, exact_limit=exact_limit,
-                         method=method)
 
 
 def problem_curve(record: dict, strategy: str, ks: list[int], scorer: str = "oracle",

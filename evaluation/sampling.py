@@ -38,45 +38,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache, StaticCache, StopStringCriteria, TemperatureLogitsWarper, TopPLogitsWarper
 
-BACKENDS = ("hf", "vllm")
-CACHES = ("dynamic", "static")
+from evaluation.config import SamplingConfig
+
 STATIC_SYNC_EVERY = 8  # decode steps between host checks of "every row finished" on the static path
-
-
-@dataclass
-class SamplingConfig:
-    """How to draw ``n`` completions per prompt."""
-
-    n: int = 1
-    max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-    prompts_per_batch: int = 4  # live batch = prompts_per_batch · n rows
-    remove_finished: bool = True  # dynamic cache only
-    backend: str = "hf"
-    cache: str = "dynamic"  # "static": fixed-shape KV cache (see the module docstring)
-    compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
-    stop: tuple[str, ...] = ()  # strings that end a sample (see the module docstring)
-
-    def __post_init__(self) -> None:
-        for name in ("n", "max_new_tokens", "prompts_per_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sampling.{name} must be a positive int, got {value!r}")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"sampling.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.cache not in CACHES:
-            raise ValueError(f"sampling.cache must be one of {CACHES}, got {self.cache!r}")
-        if self.compile and self.cache != "static":
-            raise ValueError(f"sampling.compile needs sampling.cache='static', got cache={self.cache!r}")
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"sampling.stop must be a list of non-empty strings, got {self.stop!r}")
-        self.stop = tuple(self.stop)
 
 
 @dataclass
@@ -141,6 +105,26 @@ def _prefill(model, tokenizer, prompts: list[str], cfg: SamplingConfig):
     return logits.repeat_interleave(cfg.n, 0), mask.repeat_interleave(cfg.n, 0), cache
 
 
+def logit_warpers(temperature: float, top_p: float) -> list:
+    """transformers' temperature and top-p warpers for these settings; none for greedy (temperature 0)."""
+    if temperature == 0:
+        return []
+    return [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+
+def pick_tokens(logits: torch.Tensor, uniforms: torch.Tensor, warpers: list) -> torch.Tensor:
+    """One token per row: argmax without warpers, else the inverse CDF of the warped distribution at the row's
+    uniform draw in [0, 1) (so a row's token depends on its own draw only, whatever the batch)."""
+    if not warpers:
+        return logits.argmax(-1)
+    scores = logits
+    for warp in warpers:
+        scores = warp(None, scores)
+    cdf = scores.softmax(-1).double().cumsum(-1)
+    u = uniforms.to(cdf.device, torch.float64).unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+
+
 class _Picker:
     """Turns next-token logits and per-row uniforms into tokens (inverse CDF of the warped distribution)."""
 
@@ -150,9 +134,7 @@ class _Picker:
         self.generators = [torch.Generator(device=device).manual_seed(prompt_seed(cfg.seed, p)) for p in prompts]
         self.eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
         self.stop = StopStringCriteria(tokenizer, list(cfg.stop)) if cfg.stop else None
-        self.warpers = [TemperatureLogitsWarper(cfg.temperature)] if cfg.temperature > 0 else []
-        if cfg.temperature > 0 and cfg.top_p < 1:
-            self.warpers.append(TopPLogitsWarper(cfg.top_p))
+        self.warpers = logit_warpers(cfg.temperature, cfg.top_p)
 
     def stopped(self, generated: torch.Tensor) -> torch.Tensor:
         """Rows whose last generated token completes a stop string (``generated``: each row's tokens so far)."""
@@ -171,14 +153,7 @@ class _Picker:
         return picked, torch.stack(_token_statistics(logits, picked))
 
     def pick(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        if not self.warpers:
-            return logits.argmax(-1)
-        scores = logits
-        for warp in self.warpers:
-            scores = warp(None, scores)
-        cdf = scores.softmax(-1).double().cumsum(-1)
-        u = uniforms.unsqueeze(-1) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+        return pick_tokens(logits, uniforms, self.warpers)
 
 
 def _token_statistics(logits: torch.Tensor, picked: torch.Tensor) -> tuple[torch.Tensor, ...]:
