@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from evaluation.config import EvalConfig
+from recipes.eval_config import EvalConfig
 from trainers.cat_args import CATGRPOArgs, CATSFTArgs, cat_field_names
 
 

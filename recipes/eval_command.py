@@ -46,11 +46,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.files import atomic_write_json
-from evaluation.config import FIELDS_ADDED_LATER, EvalConfig, field_default
 from evaluation.metrics import curves, finished_rate, paired_bootstrap, pot_curves, problem_values, unparsed_counts
 from evaluation.records import RecordsFile, read_records
 from evaluation.sampling import sample
 from evaluation.scorers import RewardModelScorer, score_samples
+from recipes.config import LoggingConfig, parse_override
+from recipes.eval_config import FIELDS_ADDED_LATER, EvalConfig
 from recipes.flags import add_flags, from_flags
 
 
@@ -78,7 +79,8 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
                 "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
     identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
     identity.pop("every_steps", None)  # when training evaluates (a recipe's eval section), not how
-    later = {"subset": "first", **{name: field_default(EvalConfig, name) for name in FIELDS_ADDED_LATER}}
+    defaults = EvalConfig()
+    later = {"subset": "first", **{name: getattr(defaults, name) for name in FIELDS_ADDED_LATER}}
     for name, default in later.items():  # fields added later: at their defaults they are left out, so records
         if identity.get(name) == default:  # written before them stay resumable
             identity.pop(name)
@@ -332,7 +334,6 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def run_eval(args: argparse.Namespace) -> dict:
     from recipes import tracking
-    from recipes.config import LoggingConfig  # recipes.config imports this module: import it at call time
     from core.models import load_pretrained, resolve_dtype
     from recipes.provenance import adapter_fingerprint, model_fingerprint
     from recipes.run_dir import open_run_dir
@@ -473,8 +474,6 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
 
 def task_options(pairs: list[str]) -> dict:
     """``--task-option KEY=VALUE`` pairs (values parsed as in ``--set``), e.g. ``max_operand=19`` for arithmetic."""
-    from recipes.config import parse_override  # recipes.config imports this module: import it at call time
-
     return dict(parse_override(pair, "--task-option") for pair in pairs)
 
 

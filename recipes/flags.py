@@ -18,6 +18,8 @@ import types
 import typing
 from typing import Any
 
+from recipes.config import parse_override
+
 
 def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
@@ -52,12 +54,10 @@ def _kind(annotation: Any) -> tuple[str, type | None]:
     raise TypeError(f"no flag for a field of type {annotation!r}")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of dataclass ``cls`` (except ``skip``)."""
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         kind, item = _kind(hints[f.name])
         default = _default(f)
         text = f.metadata.get("help", "")
@@ -82,16 +82,14 @@ def _comma_list(text: str, item: type, flag: str) -> list:
         raise ValueError(f"{flag} must be comma-separated {item.__name__}s, got {text!r}") from None
 
 
-def from_flags(cls: type, args: argparse.Namespace, skip: tuple[str, ...] = ()):
+def from_flags(cls: type, args: argparse.Namespace):
     """``cls`` built from the flags ``add_flags`` declared: the fields given on the command line, defaults for
     the rest; a malformed list or ``KEY=VALUE`` fails with one line naming the flag."""
-    from recipes.config import parse_override
-
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
         raw = getattr(args, f.name, None)
-        if f.name in skip or raw is None:
+        if raw is None:
             continue
         kind, item = _kind(hints[f.name])
         if kind == "list" and not f.metadata.get("repeat", False):

@@ -8,10 +8,11 @@ import dataclasses
 
 import pytest
 
-from evaluation.config import POT_FROM_EVAL, EvalConfig, SamplingConfig, pot_option_names
+from evaluation.config import SamplingConfig
 from pot.config import PoTConfig
 from recipes.config import recipe_from_dict
 from recipes.eval_command import eval_config, register
+from recipes.eval_config import POT_FROM_EVAL, EvalConfig, pot_option_names
 from recipes.flags import flag_name
 
 EVAL = {

@@ -250,7 +250,8 @@ def answers_equivalent(pred: str | None, gold: str) -> bool:
 
     Two answers that denote real numbers are compared by ``_numbers_equal`` and are never passed to math-verify
     (whose leniency, e.g. 18% equal to both 18 and 0.18, would merge different numbers); a real number never equals
-    an expression in free symbols or an interval; otherwise equal canonical keys, else math-verify.
+    an expression in free symbols or an interval; otherwise equal canonical keys, else math-verify (a plain number
+    passed as its canonical key, so its ``\\%``, ``\\$`` or unit means what ``exact_number`` says).
     """
     if pred is None:
         return False
@@ -263,10 +264,13 @@ def answers_equivalent(pred: str | None, gold: str) -> bool:
     pred_number, gold_number = denotes_number(pred), denotes_number(gold)
     if pred_number != gold_number and _never_a_number(gold if pred_number else pred, _timeout()):
         return False
-    if key == answer_key(gold):
+    gold_key = answer_key(gold)
+    if key == gold_key:
         return True
+    # a plain number goes to math-verify as its key: "-1\%" means -1 here, while math-verify would read -0.01
+    plain = (key if exact_number(pred) is not None else pred, gold_key if exact_number(gold) is not None else gold)
     try:
-        return _math_verify_equal(pred, gold)
+        return _math_verify_equal(*plain)
     except Exception:  # noqa: BLE001  (a sympy failure on a malformed answer means "not equal", never a crash)
         return False
 
