@@ -128,8 +128,9 @@ class EvalConfig:
     def pot_config(self, budget: int, run_index: int = 0):
         """The ``pot.PoTConfig`` of PoT run ``run_index`` with ``budget`` updates (seeds differ between runs)."""
         lr = {} if self.pot_lr is None else {"episode_lr" if self.pot_mode == "episode" else "lr": float(self.pot_lr)}
-        tuples = {f.name for f in dataclasses.fields(PoTConfig) if str(f.type).startswith("tuple")}
-        options = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in self.pot_options.items()}
+        # YAML and --pot-option give lists where PoTConfig's defaults are tuples (betas, reward_weights)
+        options = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(PoTConfig, k, None), tuple) else v
+                   for k, v in self.pot_options.items()}
         return PoTConfig(mode=self.pot_mode, reward=self.pot_reward, group_size=self.pot_group_size,
                          epochs=self.pot_epochs, answer=self.pot_answer, max_updates=budget,
                          temperature=self.temperature, top_p=self.top_p, segment_tokens=self.pot_segment_tokens,

@@ -191,7 +191,8 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
         atomic_write_bytes(results / f"{name}.records.jsonl.gz",
                            gzip.compress((directory_ / "records.jsonl").read_bytes(), mtime=0))
     for name, recipe in arms.items():
-        runs = sorted(p for p in (Path(recipe.output_dir) / "wandb").glob("offline-run-*") if p.is_dir())
+        runs = sorted(p for p in (Path(recipe.output_dir) / "wandb").glob("offline-run-*")
+                      if p.is_dir() and not p.is_symlink())
         if runs:
             atomic_write_bytes(results / "wandb" / f"{name}.tar.gz", deterministic_tar_gz(runs, name))
     comparisons = compare_to_baseline(eval_dirs, seed=reference.seed)
