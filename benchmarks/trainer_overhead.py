@@ -89,7 +89,7 @@ def run_once(cat: bool, args, tmp: str) -> tuple[list[float], int, int]:
         bf16=torch.cuda.is_available(), gradient_checkpointing=False, report_to="none", dataloader_pin_memory=False,
         logging_steps=1, save_strategy="no", seed=0,
     )
-    config = CATGRPOConfig(**common, cat_strategy="passn", cat_n=4) if cat else GRPOConfig(**common)
+    config = CATGRPOConfig(**common, cat_strategy="pass", cat_n=4) if cat else GRPOConfig(**common)
     timer = StepTimer()
     peft_config = None
     if args.load_in_4bit:

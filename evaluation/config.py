@@ -1,16 +1,19 @@
 """The settings of the sampler and the metrics, declared once: ``SamplingConfig`` and the names every check uses.
 
-Light on purpose (no transformers, no torch): loading a recipe imports this module, not the sampler.
+Light on purpose (no transformers): loading a recipe imports this module, not the sampler. The strategy names are
+``cat.strategies``', which training uses too; ``avg`` and ``wmaj`` are metrics that no trainer targets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cat.strategies import BON, MAJ, PASS
+
 ANSWER_MODES = ("flexible", "strict")
 BACKENDS = ("hf", "vllm")
 CACHES = ("dynamic", "static")
-STRATEGIES = ("pass", "maj", "wmaj", "avg", "bon")
+STRATEGIES = (PASS, MAJ, "wmaj", "avg", BON)
 SCORERS = ("oracle", "self_certainty", "mean_logprob", "reward_model:ID")
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from cat.strategies import canonical_strategy
 from recipes.eval_config import EvalConfig
 from trainers.cat_args import CATGRPOArgs, CATSFTArgs, cat_field_names
 
@@ -92,6 +93,7 @@ class TrainConfig(CATGRPOArgs, CATSFTArgs):
     trl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.cat_strategy = canonical_strategy(self.cat_strategy, "train.cat_strategy")
         self.cat_fields()
 
     def cat_fields(self) -> dict[str, Any]:

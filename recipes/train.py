@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +139,12 @@ def _check_same_recipe(saved: dict, current: dict, path: Path, prefix: str = "")
 
 def _completed_recipe(saved: dict) -> dict:
     """The pinned recipe with the defaults of fields a later catpot added (an older run did not have them, so it ran
-    as their default does); a pinned recipe that no longer parses is compared as written."""
+    as their default does) and the current names of renamed values; a pinned recipe that no longer parses is
+    compared as written."""
     try:
-        return to_dict(recipe_from_dict(saved))
+        with warnings.catch_warnings():  # a former name in the pinned copy is not the user's to change
+            warnings.simplefilter("ignore", FutureWarning)
+            return to_dict(recipe_from_dict(saved))
     except (KeyError, TypeError, ValueError):
         return saved
 

@@ -83,10 +83,10 @@ def test_int_override_coerces(n):
 
 # A non-default value for every CAT field; a field added to the trainer args without one fails the test below.
 NON_DEFAULT = {
-    "grpo": {"cat_strategy": "majority", "cat_n": 8, "cat_k": 3, "cat_weight_form": "raw", "cat_p_estimator": "empirical",
+    "grpo": {"cat_strategy": "maj", "cat_n": 8, "cat_k": 3, "cat_weight_form": "raw", "cat_p_estimator": "empirical",
              "cat_clip": 5.0, "cat_normalize": False, "cat_all_wrong_penalty": 0.5, "cat_quantile": "history",
              "cat_history_size": 16, "cat_correct_threshold": 0.75},
-    "sft": {"cat_strategy": "majority", "cat_n": 8, "cat_k": 3, "cat_reduction": "token_mean"},
+    "sft": {"cat_strategy": "maj", "cat_n": 8, "cat_k": 3, "cat_reduction": "token_mean"},
 }
 
 

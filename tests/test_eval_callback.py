@@ -19,7 +19,7 @@ from test_train_pipeline import TINY_RECIPE
 def _sft_recipe(tmp_path, name: str, every_steps):
     data = json.loads(json.dumps(TINY_RECIPE))
     data["model"]["lora_dropout"] = 0.2  # dropout draws from the global RNG: a callback that left it moved would show
-    data["train"] = {"algorithm": "sft", "cat_strategy": "passn", "cat_n": 4,
+    data["train"] = {"algorithm": "sft", "cat_strategy": "pass", "cat_n": 4,
                      "trl": {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 1e-2,
                              "save_steps": 10, "gradient_checkpointing": False}}
     data["eval"].update(size=2, n=4, ks=[1, 2, 4], every_steps=every_steps)

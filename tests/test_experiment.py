@@ -17,7 +17,7 @@ from test_train_pipeline import TINY_RECIPE
 def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys, jobs):
     arms = tmp_path / "arms"
     arms.mkdir()
-    for arm, strategy in (("baseline", "none"), ("passn4", "passn")):
+    for arm, strategy in (("baseline", "none"), ("passn4", "pass")):
         recipe = json.loads(json.dumps(TINY_RECIPE))
         recipe["train"]["cat_strategy"] = strategy
         recipe["train"]["trl"]["max_steps"] = 1

@@ -34,9 +34,9 @@ def test_sft_passn_arms_are_answer_only_sft_on_disjoint_full_splits():
     arms = {p.stem: load_recipe(p) for p in sorted((RECIPES_DIR / "experiments" / "sft_passn").glob("*.yaml"))}
     assert set(arms) == {"baseline", "passn4", "passn16", "passn64", "majority_n16_k4"}
     assert [(arms[f"passn{n}"].train.cat_strategy, arms[f"passn{n}"].train.cat_n) for n in (4, 16, 64)] == [
-        ("passn", 4), ("passn", 16), ("passn", 64)]
+        ("pass", 4), ("pass", 16), ("pass", 64)]
     majority = arms["majority_n16_k4"].train
-    assert (majority.cat_strategy, majority.cat_n, majority.cat_k) == ("majority", 16, 4)
+    assert (majority.cat_strategy, majority.cat_n, majority.cat_k) == ("maj", 16, 4)
     recipe = arms["baseline"]
     train = recipe.train
     assert (train.algorithm, train.sft_target, train.cat_reduction) == ("sft", "answer", "sequence_mean")

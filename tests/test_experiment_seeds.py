@@ -81,7 +81,7 @@ def test_wandb_archive_is_byte_deterministic(tmp_path):
 def test_seeds_evaluate_every_checkpoint_and_aggregate_over_seeds(tmp_path, capsys):
     arms = tmp_path / "arms"
     arms.mkdir()
-    for arm, strategy in (("baseline", "none"), ("passn4", "passn")):
+    for arm, strategy in (("baseline", "none"), ("passn4", "pass")):
         recipe = json.loads(json.dumps(TINY_RECIPE))
         recipe["train"] = {"algorithm": "sft", "cat_strategy": strategy, "cat_n": 4,
                            "trl": {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2,

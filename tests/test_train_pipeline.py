@@ -19,7 +19,7 @@ TINY_RECIPE = {
     "model": {"name": "tiny-llama", "dtype": "float32", "lora_r": 4, "lora_alpha": 8,
               "lora_target_modules": ["q_proj", "v_proj"]},
     "task": {"name": "arithmetic", "size": 8},
-    "train": {"algorithm": "grpo", "cat_strategy": "passn", "cat_n": 4,
+    "train": {"algorithm": "grpo", "cat_strategy": "pass", "cat_n": 4,
               "trl": {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4,
                       "max_completion_length": 4, "learning_rate": 1e-3, "save_steps": 1,
                       "gradient_checkpointing": False}},
@@ -93,8 +93,20 @@ def test_resume_accepts_a_pinned_recipe_from_before_a_field_existed_only_at_that
         _check_same_recipe(_completed_recipe(older), to_dict(changed), path)
 
 
+def test_resume_accepts_a_pinned_recipe_that_names_the_strategy_by_its_former_name(tmp_path, recwarn):
+    current = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run")})
+    older = to_dict(current)
+    older["train"]["cat_strategy"] = "passn"  # the former name of pass
+    path = tmp_path / "run" / "recipe.yaml"
+    _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # the pinned copy is not the user's
+    older["train"]["cat_strategy"] = "majority"
+    with pytest.raises(ValueError, match="train.cat_strategy is 'pass' but .* has 'maj'"):
+        _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+
+
 def test_sft_run_on_gold_answers(tmp_path):
-    recipe = _write_recipe(tmp_path, train={"algorithm": "sft", "cat_strategy": "passn", "cat_n": 4,
+    recipe = _write_recipe(tmp_path, train={"algorithm": "sft", "cat_strategy": "pass", "cat_n": 4,
                                             "trl": {"max_steps": 2, "per_device_train_batch_size": 4,
                                                     "max_length": 128, "learning_rate": 1e-3,
                                                     "save_steps": 2, "gradient_checkpointing": False}},
@@ -108,8 +120,8 @@ def test_sft_run_on_gold_answers(tmp_path):
 
 @pytest.mark.parametrize(
     ("train", "needle"),
-    [({"cat_strategy": "passn", "cat_n": 4, "cat_clip": -1.0}, "cat_clip"),
-     ({"cat_strategy": "majority", "cat_n": 4, "cat_k": 9}, "cat_k"),
+    [({"cat_strategy": "pass", "cat_n": 4, "cat_clip": -1.0}, "cat_clip"),
+     ({"cat_strategy": "maj", "cat_n": 4, "cat_k": 9}, "cat_k"),
      ({"trl": {"no_such_argument": 1}}, "train.trl.*no_such_argument")],
 )
 def test_bad_trainer_fields_fail_at_config_time(train, needle):
@@ -145,7 +157,7 @@ def test_demo_trains_both_arms_from_one_recipe_and_never_redoes_them(tmp_path, c
     argv = ["demo", "--output-root", str(tmp_path), *[a for o in tiny for a in ("--set", o)]]
     assert main(argv) == 0
     baseline, cat = (yaml.safe_load((tmp_path / arm / "recipe.yaml").read_text()) for arm in ("baseline", "cat"))
-    assert baseline["train"].pop("cat_strategy") == "none" and cat["train"].pop("cat_strategy") == "passn"
+    assert baseline["train"].pop("cat_strategy") == "none" and cat["train"].pop("cat_strategy") == "pass"
     differing = {k for k in baseline if baseline[k] != cat[k]}
     assert differing == {"output_dir", "logging"}  # same seed, data, steps, learning rate: only the objective differs
     assert (tmp_path / "pass_and_maj_at_k.png").stat().st_size > 1000
@@ -172,7 +184,7 @@ def test_dynamic_majority_clusters_a_group_by_the_verifiers_equivalence(tmp_path
     from recipes.train import build_trainer, check_recipe
 
     recipe = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"), "logging": {"mode": "disabled"},
-                               "train": {**TINY_RECIPE["train"], "cat_strategy": "majority", "cat_k": "dynamic"}})
+                               "train": {**TINY_RECIPE["train"], "cat_strategy": "maj", "cat_k": "dynamic"}})
     model, tokenizer = load_pretrained("tiny-llama")
     trainer = build_trainer(recipe, model, tokenizer, check_recipe(recipe))
     group = [[{"role": "assistant", "content": text}] for text in

@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent(
     config = CATGRPOConfig(
         output_dir=os.path.join(out, "grpo"), per_device_train_batch_size=12 // world, num_generations=4,
         max_completion_length=4, learning_rate=0.0, save_strategy="steps", save_steps=1, save_only_model=True,
-        generation_kwargs={"do_sample": False}, cat_strategy="majority", cat_n=4, cat_k="dynamic",
+        generation_kwargs={"do_sample": False}, cat_strategy="maj", cat_n=4, cat_k="dynamic",
         cat_weight_form="raw", cat_all_wrong_penalty=0.5, **common,
     )
     trainer = Recording(
@@ -83,7 +83,7 @@ SCRIPT = textwrap.dedent(
     # token_mean: the processes hold different numbers of target tokens ("11 ok" is longer than the others)
     model, tokenizer = tiny_llama(dtype=torch.float64)
     sft = CATSFTConfig(output_dir=os.path.join(out, "sft"), per_device_train_batch_size=4 // world,
-                       learning_rate=0.0, save_strategy="no", max_length=32, cat_strategy="passn", cat_n=4,
+                       learning_rate=0.0, save_strategy="no", max_length=32, cat_strategy="pass", cat_n=4,
                        cat_reduction="token_mean", **common)
     CATSFTTrainer(model=model, args=sft, train_dataset=data, processing_class=tokenizer, callbacks=[Grads()]).train()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:

@@ -51,14 +51,14 @@ GROUPS = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.float64)  # 1/4 
 def test_passn_weights_match_exact_rationals(n, form):
     ps = [Fraction(1, 4), Fraction(3, 4)]
     reference = _mean_one([(_passn_raw if form == "raw" else _passn_log)(p, n) for p in ps])
-    out = compute_cat_weights("passn", GROUPS, n=n, form=form, p_estimator="empirical")
+    out = compute_cat_weights("pass", GROUPS, n=n, form=form, p_estimator="empirical")
     expected = torch.tensor(reference, dtype=torch.float64).unsqueeze(1).expand(2, 4)
     torch.testing.assert_close(out.weights, expected, rtol=1e-12, atol=1e-12)
     assert out.weights[0, 0] > out.weights[1, 0]  # the harder prompt gets more weight
 
 
 def test_passn_n1_is_uniform():
-    out = compute_cat_weights("passn", GROUPS, n=1, form="raw", p_estimator="empirical")
+    out = compute_cat_weights("pass", GROUPS, n=1, form="raw", p_estimator="empirical")
     torch.testing.assert_close(out.weights, torch.ones(2, 4, dtype=torch.float64))
 
 
@@ -68,14 +68,14 @@ def test_majority_laplace_fixed_k(form):
     ps = [Fraction(2, 6), Fraction(4, 6)]  # Laplace (c+1)/(m+2)
     raw = [_majority_raw(p, n, k) for p in ps]
     values = raw if form == "raw" else [p * w / _majority_f(p, n, k) for p, w in zip(ps, raw)]
-    out = compute_cat_weights("majority", GROUPS, n=n, k=k, form=form, p_estimator="laplace")
+    out = compute_cat_weights("maj", GROUPS, n=n, k=k, form=form, p_estimator="laplace")
     torch.testing.assert_close(out.weights[:, 0], torch.tensor(_mean_one(values), dtype=torch.float64))
     assert out.k.tolist() == [3, 3]
 
 
 def test_majority_dynamic_k_per_prompt():
     keys = [["a", "b", "b", "c"], ["a", "a", "a", "d"]]
-    out = compute_cat_weights("majority", GROUPS, n=4, k="dynamic", form="raw", answer_keys=keys)
+    out = compute_cat_weights("maj", GROUPS, n=4, k="dynamic", form="raw", answer_keys=keys)
     # largest wrong cluster: 2 of 4 → k = min(3, ⌊4·2/4⌋+1) = 3; 1 of 4 → k = max(2, ⌊4·1/4⌋+1) = 2
     assert out.k.tolist() == [3, 2]
     ps = [Fraction(2, 6), Fraction(4, 6)]
@@ -89,7 +89,7 @@ def test_best_of_n_within_prompt_quantiles_with_ties():
     # q = (#strictly smaller + 1)/(m + 1): ties share q
     qs = [[Fraction(2, 5), Fraction(2, 5), Fraction(1, 5), Fraction(4, 5)], [Fraction(1, 5)] * 4]
     raw = [n * q ** (n - 1) for row in qs for q in row]
-    out = compute_cat_weights("best_of_n", GROUPS, n=n, rewards=rewards)
+    out = compute_cat_weights("bon", GROUPS, n=n, rewards=rewards)
     torch.testing.assert_close(out.weights.flatten(), torch.tensor(_mean_one(raw), dtype=torch.float64))
 
 
@@ -100,7 +100,7 @@ def test_best_of_n_history_quantiles_do_not_mutate_history():
     # q = (#{h < r} + 1)/(|H| + 2)
     counts = [[1, 3, 4, 2], [0, 0, 4, 4]]
     raw = [3 * Fraction(c + 1, 6) ** 2 for row in counts for c in row]
-    out = compute_cat_weights("best_of_n", GROUPS, n=3, rewards=rewards, history=history)
+    out = compute_cat_weights("bon", GROUPS, n=3, rewards=rewards, history=history)
     torch.testing.assert_close(out.weights.flatten(), torch.tensor(_mean_one(raw), dtype=torch.float64))
     assert len(history) == 4
 
@@ -110,7 +110,7 @@ def test_sequence_estimator_gives_per_sample_weights():
     n = 2
     ps = [Fraction(1, 2), Fraction(1, 4), Fraction(1, 8), Fraction(1, 2), Fraction(9, 10), Fraction(1, 10),
           Fraction(1, 5), Fraction(3, 10)]
-    out = compute_cat_weights("passn", GROUPS, n=n, form="raw", p_estimator="sequence", logp_sum=logp)
+    out = compute_cat_weights("pass", GROUPS, n=n, form="raw", p_estimator="sequence", logp_sum=logp)
     reference = _mean_one([_passn_raw(p, n) for p in ps])
     torch.testing.assert_close(out.weights.flatten(), torch.tensor(reference, dtype=torch.float64))
 
@@ -119,7 +119,7 @@ def test_best_of_n_weights_count_only_scored_rollouts_left_in_the_loss():
     rewards = torch.tensor([[0.5, math.nan, 0.1, 0.9], [1.0, 0.0, 0.3, 0.2]], dtype=torch.float64)
     scored = ~rewards.isnan()
     trainable = torch.tensor([[True, True, True, False], [True, True, True, True]])  # one truncated rollout
-    out = compute_cat_weights("best_of_n", GROUPS, n=3, rewards=rewards, scored=scored, trainable=trainable)
+    out = compute_cat_weights("bon", GROUPS, n=3, rewards=rewards, scored=scored, trainable=trainable)
     # q among each prompt's scored rollouts: (2/4, −, 1/4, 3/4) and (4/5, 1/5, 3/5, 2/5); w = 3q², mean 1 over the 6
     # rollouts that are scored and in the loss, 0 for the other two (the truncated one still ranks the others)
     qs = [Fraction(2, 4), Fraction(1, 4), Fraction(4, 5), Fraction(1, 5), Fraction(3, 5), Fraction(2, 5)]
@@ -130,7 +130,7 @@ def test_best_of_n_weights_count_only_scored_rollouts_left_in_the_loss():
 
 
 def test_clip_caps_before_normalising():
-    out = compute_cat_weights("passn", GROUPS, n=4, form="raw", p_estimator="empirical", clip=1.0)
+    out = compute_cat_weights("pass", GROUPS, n=4, form="raw", p_estimator="empirical", clip=1.0)
     # raw 4·(3/4)^3 = 1.6875 → 1.0; 4·(1/4)^3 = 0.0625
     torch.testing.assert_close(out.weights[:, 0], torch.tensor(_mean_one([Fraction(1), Fraction(1, 16)]), dtype=torch.float64))
     # alignment: cosine of the clipped training weights (1, 1/16) with the test weights f′ = (27/16, 1/16)
@@ -141,20 +141,20 @@ def test_clip_caps_before_normalising():
 
 def test_all_zero_weights_stay_zero():
     solved = torch.ones(2, 4, dtype=torch.float64)
-    out = compute_cat_weights("passn", solved, n=4, form="raw", p_estimator="empirical")
+    out = compute_cat_weights("pass", solved, n=4, form="raw", p_estimator="empirical")
     torch.testing.assert_close(out.weights, torch.zeros(2, 4, dtype=torch.float64))
     assert out.alignment is None  # both weight curves vanish: the cosine is undefined, not 0 or 1
 
 
 def test_unnormalised_weights_are_raw():
-    out = compute_cat_weights("passn", GROUPS, n=4, form="raw", p_estimator="empirical", normalize=False)
+    out = compute_cat_weights("pass", GROUPS, n=4, form="raw", p_estimator="empirical", normalize=False)
     torch.testing.assert_close(out.weights[:, 0], torch.tensor([1.6875, 0.0625], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("field", ["logp_sum", "rewards"])
 def test_non_finite_input_names_the_prompt(field):
     bad = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, float("nan"), 0.0, 0.0]], dtype=torch.float64)
-    strategy = "passn" if field == "logp_sum" else "best_of_n"
+    strategy = "pass" if field == "logp_sum" else "bon"
     with pytest.raises(ValueError, match=f"{field} .*prompt 'two'"):
         compute_cat_weights(strategy, GROUPS, n=2, p_estimator="sequence", prompts=["one", "two"], **{field: bad})
 
@@ -163,9 +163,9 @@ def test_non_finite_input_names_the_prompt(field):
     ("kwargs", "match"),
     [
         ({"strategy": "pass_at"}, "strategy"),
-        ({"strategy": "best_of_n"}, "rewards"),
-        ({"strategy": "majority", "k": "dynamic", "n": 4}, "answer_keys"),
-        ({"strategy": "passn", "p_estimator": "sequence"}, "p_estimator"),
+        ({"strategy": "bon"}, "rewards"),
+        ({"strategy": "maj", "k": "dynamic", "n": 4}, "answer_keys"),
+        ({"strategy": "pass", "p_estimator": "sequence"}, "p_estimator"),
     ],
 )
 def test_bad_input_is_named(kwargs, match):
@@ -229,7 +229,7 @@ def _train(trainer_cls, config, reward_funcs=_contains_a, **kwargs):
     return trainer, snapshot.grads
 
 
-@pytest.mark.parametrize("cat", [{"cat_strategy": "none"}, {"cat_strategy": "passn", "cat_n": 1}])
+@pytest.mark.parametrize("cat", [{"cat_strategy": "none"}, {"cat_strategy": "pass", "cat_n": 1}])
 def test_identity_with_plain_grpo(tmp_path, cat):
     # rewards with spread in both groups, so the advantages and the gradient are not zero
     rewards = _fixed_rewards(HAND_BUILT)
@@ -243,7 +243,7 @@ def test_identity_with_plain_grpo(tmp_path, cat):
 
 
 def test_passn_weights_scale_advantages_and_are_logged(tmp_path):
-    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="majority", cat_n=4, cat_k="dynamic", cat_weight_form="raw")
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="maj", cat_n=4, cat_k="dynamic", cat_weight_form="raw")
     trainer, grads = _train(CATGRPOTrainer, config, answer_keys_fn=_first_chars)
     logs = trainer.state.log_history[0]
     for key in ("cat/weight_mean", "cat/weight_max", "cat/weight_frac_zero", "cat/p_hat_mean",
@@ -256,7 +256,7 @@ def test_passn_weights_scale_advantages_and_are_logged(tmp_path):
 
 
 def test_advantages_are_trl_advantages_times_weights(tmp_path):
-    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                            cat_p_estimator="empirical")
     model, tokenizer = tiny_llama()
     trainer = CATGRPOTrainer(model=model, reward_funcs=_contains_a, args=config, train_dataset=_dataset(),
@@ -279,11 +279,11 @@ def test_advantages_are_trl_advantages_times_weights(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"cat_strategy": "pass"}, "cat_strategy"),
+        ({"cat_strategy": "pass@n"}, "cat_strategy"),
         ({"cat_n": 0}, "cat_n"),
-        ({"cat_strategy": "majority", "cat_n": 3, "cat_k": 4}, "cat_k"),
-        ({"cat_strategy": "majority", "cat_n": 1, "cat_k": "dynamic"}, "cat_k"),
-        ({"cat_strategy": "best_of_n", "cat_n": 4, "cat_weight_form": "log"}, "cat_weight_form"),
+        ({"cat_strategy": "maj", "cat_n": 3, "cat_k": 4}, "cat_k"),
+        ({"cat_strategy": "maj", "cat_n": 1, "cat_k": "dynamic"}, "cat_k"),
+        ({"cat_strategy": "bon", "cat_n": 4, "cat_weight_form": "log"}, "cat_weight_form"),
         ({"cat_clip": 0.0}, "cat_clip"),
         ({"cat_clip": float("nan")}, "cat_clip"),
         ({"cat_normalize": 1}, "cat_normalize"),
@@ -293,7 +293,7 @@ def test_advantages_are_trl_advantages_times_weights(tmp_path):
         ({"cat_all_wrong_penalty": -0.5}, "cat_all_wrong_penalty"),
         ({"cat_all_wrong_penalty": float("inf")}, "cat_all_wrong_penalty"),
         ({"cat_correct_threshold": float("nan")}, "cat_correct_threshold"),
-        ({"cat_strategy": "passn", "cat_n": 4, "num_generations": 8}, "cat_normalize"),
+        ({"cat_strategy": "pass", "cat_n": 4, "num_generations": 8}, "cat_normalize"),
     ],
 )
 def test_config_rejects_bad_fields(tmp_path, overrides, field):
@@ -410,7 +410,7 @@ def test_passk_advantage_replaces_the_advantages(tmp_path):
 
 def test_majority_dynamic_k_through_the_trainer(tmp_path):
     keys = ["a", "b", "b", "c", "a", "a", "a", "d"]
-    trainer, _ = _step(tmp_path, HAND_BUILT, answer_keys=keys, cat_strategy="majority", cat_n=4, cat_k="dynamic",
+    trainer, _ = _step(tmp_path, HAND_BUILT, answer_keys=keys, cat_strategy="maj", cat_n=4, cat_k="dynamic",
                        cat_weight_form="raw")
     # k = 3 (largest wrong cluster 2/4) and k = 2 (1/4), Laplace p̂ = 2/6 and 4/6, as in the weight test above
     w = _mean_one([_majority_raw(Fraction(2, 6), 4, 3), _majority_raw(Fraction(4, 6), 4, 2)])
@@ -421,7 +421,7 @@ def test_majority_dynamic_k_through_the_trainer(tmp_path):
 
 def test_all_wrong_penalty_then_weight_and_logged_alignment(tmp_path):
     rewards = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-    trainer, _ = _step(tmp_path, rewards, cat_strategy="passn", cat_n=4, cat_weight_form="log",
+    trainer, _ = _step(tmp_path, rewards, cat_strategy="pass", cat_n=4, cat_weight_form="log",
                        cat_p_estimator="empirical", cat_all_wrong_penalty=0.5)
     # log-form pass@4 weights p·f′/f: 1 at p = 0 (its limit), (1/4)·4·(3/4)^3/(1 − (3/4)^4) = 108/175 at p = 1/4
     train = [Fraction(1), Fraction(108, 175)]
@@ -442,7 +442,7 @@ def test_all_wrong_penalty_then_weight_and_logged_alignment(tmp_path):
 def test_sequence_estimators_use_the_old_policy_log_prob(tmp_path, estimator, num_iterations):
     # num_iterations=2 makes TRL compute old_per_token_logps itself; with 1 the trainer runs its own forward pass.
     # Two-token completions keep the sequence p̂ above its 1e-10 floor, so the weights differ per rollout.
-    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                        cat_p_estimator=estimator, num_iterations=num_iterations, max_completion_length=2)
     assert trainer.state.log_history[0]["cat/p_hat_floor_frac"] == 0.0
     inputs = trainer.scored
@@ -460,7 +460,7 @@ def test_sequence_estimators_use_the_old_policy_log_prob(tmp_path, estimator, nu
 def test_unequal_weights_reach_their_own_rows_down_to_the_gradient(tmp_path):
     # pass@4 raw weights 4(1−p̂)^3 at p̂ = 1/4 and 3/4: 27/16 and 1/16, normalised 54/28 and 2/28; swapping the groups'
     # weights, or applying them to the wrong rows, changes both the advantages and the gradient
-    trainer, grads = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    trainer, grads = _step(tmp_path, HAND_BUILT, cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                            cat_p_estimator="empirical", log_completions=True)
     w = torch.tensor(_mean_one([Fraction(27, 16), Fraction(1, 16)]), dtype=torch.float64).repeat_interleave(4)
     expected = _grpo_advantages(HAND_BUILT) * w
@@ -497,7 +497,7 @@ def _trl_advantages_with_unscorable(values) -> torch.Tensor:
 
 
 def test_unscorable_completions_take_no_part(tmp_path):
-    trainer, _ = _step(tmp_path, UNSCORABLE, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    trainer, _ = _step(tmp_path, UNSCORABLE, cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                        cat_p_estimator="laplace", cat_all_wrong_penalty=0.5)
     # Laplace p̂ over the scored rollouts: (1+1)/(3+2) and (0+1)/(2+2); the penalty only on prompt 2's scored rows
     w = _mean_one([4 * (1 - Fraction(2, 5)) ** 3, 4 * (1 - Fraction(1, 4)) ** 3])
@@ -522,7 +522,7 @@ def test_unscorable_completions_get_no_pass_at_k_credit(tmp_path):
 def test_dynamic_k_clusters_only_the_scored_completions(tmp_path):
     calls = []
     model, tokenizer = tiny_llama()
-    config = CATGRPOConfig(**_common(tmp_path, learning_rate=0.0), cat_strategy="majority", cat_n=4, cat_k="dynamic",
+    config = CATGRPOConfig(**_common(tmp_path, learning_rate=0.0), cat_strategy="maj", cat_n=4, cat_k="dynamic",
                            cat_weight_form="raw")
 
     def keys(completions):
@@ -538,7 +538,7 @@ def test_dynamic_k_clusters_only_the_scored_completions(tmp_path):
 
 
 def test_truncated_completions_leave_the_per_sample_normalisation(tmp_path):
-    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                        cat_p_estimator="length_normalized", mask_truncated_completions=True, max_completion_length=16)
     inputs = trainer.scored
     tokens = inputs["completion_mask"].sum(dim=1)
@@ -557,13 +557,13 @@ def test_truncated_completions_leave_the_per_sample_normalisation(tmp_path):
 def test_sequence_floor_warns_once_and_is_logged(tmp_path):
     # 8 random-model tokens: p = π(y|x) far below 1e-10 for every rollout, so every weight is the same
     with pytest.warns(UserWarning, match="1e-10 floor for 100% of the rollouts"):
-        trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+        trainer, _ = _step(tmp_path, HAND_BUILT, cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                            cat_p_estimator="sequence")
     assert trainer.state.log_history[0]["cat/p_hat_floor_frac"] == 1.0
 
 
 def test_eval_batch_of_one_prompt_group_gets_weight_one(tmp_path):
-    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="passn", cat_n=4, cat_weight_form="raw",
+    config = CATGRPOConfig(**_common(tmp_path), cat_strategy="pass", cat_n=4, cat_weight_form="raw",
                            cat_p_estimator="empirical", per_device_eval_batch_size=4, num_generations_eval=4)
     model, tokenizer = tiny_llama()
     trainer = CATGRPOTrainer(model=model, reward_funcs=_fixed_rewards([1.0, 0.0, 0.0, 0.0]), args=config,
@@ -589,10 +589,10 @@ def test_config_checks_eval_sizes(tmp_path, overrides, message):
         CATGRPOConfig(**_common(tmp_path, **overrides))
 
 
-@pytest.mark.parametrize("strategy", ["passn", "majority", "pkpo", "passk_advantage", "best_of_n"])
+@pytest.mark.parametrize("strategy", ["pass", "maj", "pkpo", "passk_advantage", "bon"])
 def test_cat_n_one_is_never_refused_for_batch_sizes(tmp_path, strategy):
     # one prompt per generation batch and one rollout per evaluation prompt: weights ≡ 1 need neither
-    form = {"cat_weight_form": "raw"} if strategy == "best_of_n" else {}
+    form = {"cat_weight_form": "raw"} if strategy == "bon" else {}
     config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4, num_generations_eval=1,
                                      per_device_eval_batch_size=1), cat_strategy=strategy, cat_n=1, **form)
     assert config.cat_n == 1
@@ -600,6 +600,6 @@ def test_cat_n_one_is_never_refused_for_batch_sizes(tmp_path, strategy):
 
 def test_per_sample_weights_need_no_second_prompt(tmp_path):
     # per-sample p̂ normalises over the rollouts, so one prompt per generation batch is enough
-    config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4), cat_strategy="passn", cat_n=4,
+    config = CATGRPOConfig(**_common(tmp_path, per_device_train_batch_size=4), cat_strategy="pass", cat_n=4,
                            cat_p_estimator="length_normalized")
     assert config.generation_batch_size == config.num_generations

@@ -42,7 +42,7 @@ def test_grpo_qlora_trains_and_survives_eval_generate(tmp_path, tiny_4bit):
     model, tokenizer = tiny_4bit
     config = CATGRPOConfig(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
-        max_steps=2, cat_strategy="passn", cat_n=4, **COMMON,
+        max_steps=2, cat_strategy="pass", cat_n=4, **COMMON,
     )
     trainer = CATGRPOTrainer(
         model=model, reward_funcs=lambda completions, **kw: [float("a" in c) for c in completions], args=config,
@@ -71,7 +71,7 @@ def test_grpo_qlora_trains_and_survives_eval_generate(tmp_path, tiny_4bit):
 def test_sft_qlora_trains(tmp_path, tiny_4bit):
     model, tokenizer = tiny_4bit
     config = CATSFTConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, cat_strategy="passn", cat_n=4,
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, cat_strategy="pass", cat_n=4,
         max_length=32, **COMMON,
     )
     data = Dataset.from_dict({"prompt": ["1+1=", "2+2="], "completion": ["2", "4"]})

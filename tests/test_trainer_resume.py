@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     config = CATGRPOConfig(
         output_dir=out, per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=4,
         save_steps=2, learning_rate=1e-3, use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
-        dataloader_pin_memory=False, logging_steps=1, seed=0, cat_strategy="best_of_n", cat_n=4,
+        dataloader_pin_memory=False, logging_steps=1, seed=0, cat_strategy="bon", cat_n=4,
         cat_weight_form="raw", cat_quantile="history", cat_history_size=64,
     )
     data = Dataset.from_dict({"prompt": ["ab", "ba", "aa", "bb", "abc", "cab", "bca", "cc"]})
@@ -102,7 +102,7 @@ def test_cat_state_is_restored_by_the_hook_every_backend_runs(tmp_path):
     save_cat_state(tmp_path, saved)
     model, tokenizer = tiny_llama()
     config = CATGRPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, num_generations=4,
-                           use_cpu=True, report_to="none", cat_strategy="best_of_n", cat_n=4, cat_weight_form="raw",
+                           use_cpu=True, report_to="none", cat_strategy="bon", cat_n=4, cat_weight_form="raw",
                            cat_quantile="history", cat_history_size=16)
     trainer = CATGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=config,
                              train_dataset=Dataset.from_dict({"prompt": ["ab", "ba"]}), processing_class=tokenizer)

@@ -55,9 +55,9 @@ def _majority_ref(log_p, n, k):
     ("overrides", "reference"),
     [
         ({"cat_strategy": "none"}, lambda lp: -lp),
-        ({"cat_strategy": "passn", "cat_n": 4}, lambda lp: _passn_ref(lp, 4)),
-        ({"cat_strategy": "passn", "cat_n": 16, "cat_reduction": "token_mean"}, lambda lp: _passn_ref(lp, 16)),
-        ({"cat_strategy": "majority", "cat_n": 5, "cat_k": 3}, lambda lp: _majority_ref(lp, 5, 3)),
+        ({"cat_strategy": "pass", "cat_n": 4}, lambda lp: _passn_ref(lp, 4)),
+        ({"cat_strategy": "pass", "cat_n": 16, "cat_reduction": "token_mean"}, lambda lp: _passn_ref(lp, 16)),
+        ({"cat_strategy": "maj", "cat_n": 5, "cat_k": 3}, lambda lp: _majority_ref(lp, 5, 3)),
     ],
 )
 def test_loss_and_gradient_match_naive_closed_form(tmp_path, overrides, reference):
@@ -101,9 +101,9 @@ def test_pairwise_contrastive_trains(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"cat_strategy": "best_of_n"}, "cat_strategy"),
+        ({"cat_strategy": "bon"}, "cat_strategy"),
         ({"cat_n": 0}, "cat_n"),
-        ({"cat_strategy": "majority", "cat_n": 3, "cat_k": 5}, "cat_k"),
+        ({"cat_strategy": "maj", "cat_n": 3, "cat_k": 5}, "cat_k"),
         ({"cat_reduction": "mean"}, "cat_reduction"),
         ({"packing": True}, "packing"),
         ({"padding_free": True}, "padding_free"),
@@ -118,7 +118,7 @@ def test_config_rejects_bad_fields(tmp_path, overrides, field):
 @pytest.mark.slow
 def test_smollm2_two_real_steps(tmp_path, smollm2):
     model, tokenizer = smollm2
-    config = _config(tmp_path, cat_strategy="passn", cat_n=4, per_device_train_batch_size=2, learning_rate=1e-5)
+    config = _config(tmp_path, cat_strategy="pass", cat_n=4, per_device_train_batch_size=2, learning_rate=1e-5)
     trainer = CATSFTTrainer(model=model, args=config, train_dataset=_dataset(), processing_class=tokenizer)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.0.self_attn.q_proj" in n}
     trainer.train()
@@ -157,7 +157,7 @@ def test_gradient_does_not_depend_on_the_micro_batch_split(tmp_path, reduction):
     # 3 examples of unequal length: one micro-batch of 3, or 2 + 1, or 1 + 1 + 1 accumulated. TRL's fused LM head
     # keeps float32 softmax statistics in this float64 model, so splits agree to float32 rounding (~1e-7 of the
     # largest entry, CPU-dependent), far inside the 17% a per-micro-batch normaliser gives.
-    cat = {"cat_strategy": "passn", "cat_n": 4, "cat_reduction": reduction}
+    cat = {"cat_strategy": "pass", "cat_n": 4, "cat_reduction": reduction}
     _, whole = _first_step_grads(tmp_path / "a", per_device_train_batch_size=3, **cat)
     for batch, steps in ((2, 2), (1, 3)):
         _, split = _first_step_grads(tmp_path / f"{batch}", per_device_train_batch_size=batch,

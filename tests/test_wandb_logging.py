@@ -61,7 +61,7 @@ TINY_GRPO = {
               "lora_target_modules": ["q_proj", "v_proj"]},
     "task": {"name": "arithmetic", "size": 4, "chat_template": False, "fewshot": 1, "system_prompt": "Add.",
              "prompt_template": "Q: {expression}\nA:"},
-    "train": {"algorithm": "grpo", "cat_strategy": "passn", "cat_n": 4,
+    "train": {"algorithm": "grpo", "cat_strategy": "pass", "cat_n": 4,
               "trl": {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4,
                       "max_completion_length": 4, "learning_rate": 1e-3, "save_steps": 2,
                       "gradient_checkpointing": False, "log_completions": True}},

@@ -11,9 +11,10 @@ import math
 from dataclasses import dataclass, field, fields
 
 from cat.estimators import P_ESTIMATORS
+from cat.strategies import BON, MAJ, PASS, canonical_strategy
 
-GRPO_STRATEGIES = ("none", "passn", "majority", "best_of_n", "pkpo", "passk_advantage")
-SFT_STRATEGIES = ("none", "passn", "majority", "pairwise_contrastive")
+GRPO_STRATEGIES = ("none", PASS, MAJ, BON, "pkpo", "passk_advantage")
+SFT_STRATEGIES = ("none", PASS, MAJ, "pairwise_contrastive")
 WEIGHT_FORMS = ("log", "raw")
 QUANTILES = ("within_prompt", "history")
 REDUCTIONS = ("sequence_mean", "token_mean")
@@ -49,7 +50,10 @@ def cat_field_names(cls: type) -> list[str]:
 class CATGRPOArgs:
     """GRPO whose advantages are reweighted (or replaced) for a test-time strategy (CAT, arXiv:2604.24957 §5)."""
 
-    cat_strategy: str = field(default="none", metadata={"help": f"One of {GRPO_STRATEGIES}."})
+    cat_strategy: str = field(
+        default="none",
+        metadata={"help": f"One of {GRPO_STRATEGIES}; pass, maj and bon train for pass@N, maj@N and bon@N."},
+    )
     cat_n: int = field(default=1, metadata={"help": "Test-time budget N >= 1 (k of pass@k for pkpo/passk_advantage)."})
     cat_k: int | str | None = field(
         default=None, metadata={"help": "Majority threshold: int in [1, N], 'dynamic', or None for ⌊N/2⌋+1."}
@@ -83,11 +87,12 @@ class CATGRPOArgs:
     )
 
     def validate_cat_fields(self) -> None:
+        self.cat_strategy = canonical_strategy(self.cat_strategy, "cat_strategy")
         _check_budget(self.cat_n, self.cat_k, GRPO_STRATEGIES, self.cat_strategy, allow_dynamic=True)
         if self.cat_weight_form not in WEIGHT_FORMS:
             raise ValueError(f"cat_weight_form must be one of {WEIGHT_FORMS}, got {self.cat_weight_form!r}")
-        if self.cat_strategy == "best_of_n" and self.cat_weight_form == "log":
-            raise ValueError("cat_weight_form='log' is undefined for cat_strategy='best_of_n'; use 'raw'")
+        if self.cat_strategy == BON and self.cat_weight_form == "log":
+            raise ValueError("cat_weight_form='log' is undefined for cat_strategy='bon'; use 'raw'")
         if self.cat_p_estimator not in P_ESTIMATORS:
             raise ValueError(f"cat_p_estimator must be one of {P_ESTIMATORS}, got {self.cat_p_estimator!r}")
         if self.cat_clip is not None and not (_is_finite_real(self.cat_clip) and self.cat_clip > 0):
@@ -108,7 +113,9 @@ class CATGRPOArgs:
 class CATSFTArgs:
     """SFT whose loss is −log f(p) for a test-time strategy f, p = π(completion | prompt) (CAT, arXiv:2604.24957 §5)."""
 
-    cat_strategy: str = field(default="none", metadata={"help": f"One of {SFT_STRATEGIES}."})
+    cat_strategy: str = field(
+        default="none", metadata={"help": f"One of {SFT_STRATEGIES}; pass and maj train for pass@N and maj@N."}
+    )
     cat_n: int = field(default=1, metadata={"help": "Test-time budget N >= 1."})
     cat_k: int | None = field(default=None, metadata={"help": "Majority threshold in [1, N]; None = ⌊N/2⌋+1."})
     cat_reduction: str = field(
@@ -120,6 +127,7 @@ class CATSFTArgs:
     )
 
     def validate_cat_fields(self) -> None:
+        self.cat_strategy = canonical_strategy(self.cat_strategy, "cat_strategy")
         _check_budget(self.cat_n, self.cat_k, SFT_STRATEGIES, self.cat_strategy, allow_dynamic=False)
         if self.cat_reduction not in REDUCTIONS:
             raise ValueError(f"cat_reduction must be one of {REDUCTIONS}, got {self.cat_reduction!r}")

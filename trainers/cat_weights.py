@@ -24,11 +24,12 @@ from cat import estimators, objectives
 from cat.estimators import PER_PROMPT_ESTIMATORS, PER_SAMPLE_ESTIMATORS
 from cat.alignment import alignment_coefficient
 from cat.operators import BestOfN, MajorityVote, PassAtN
+from cat.strategies import BON, PASS, TEST_TIME_STRATEGIES
 from trainers.cat_args import WEIGHT_FORMS
 
 WeightFn = Callable[[torch.Tensor], torch.Tensor]
 
-STRATEGIES = ("none", "passn", "majority", "best_of_n")
+STRATEGIES = ("none", *TEST_TIME_STRATEGIES)
 P_FLOOR = 1e-10  # the lower clamp of the per-sample p̂ estimators (CAT App. J)
 
 
@@ -127,10 +128,10 @@ def compute_cat_weights(
 ) -> CATWeights:
     """CAT weight for each rollout of each prompt.
 
-    passn: w = f′(p̂) ("raw") or p̂·f′/f ("log") with f(p) = 1 − (1−p)^n (CAT §5).
-    majority: f(p) = P[Bin(n, p) ≥ k]; ``k="dynamic"`` takes each prompt's k from its answer clusters (App. K.2),
+    pass: w = f′(p̂) ("raw") or p̂·f′/f ("log") with f(p) = 1 − (1−p)^n (CAT §5).
+    maj: f(p) = P[Bin(n, p) ≥ k]; ``k="dynamic"`` takes each prompt's k from its answer clusters (App. K.2),
     ``answer_keys[g]`` holding the keys of prompt g's scored rollouts in order.
-    best_of_n: w = n·q^(n−1) with q the reward quantile, within the prompt or, with ``history``, against the last
+    bon: w = n·q^(n−1) with q the reward quantile, within the prompt or, with ``history``, against the last
     rewards of earlier steps (App. B.2.3). ``clip`` caps raw weights before normalisation (App. J).
     ``scored`` and ``trainable`` (bool, prompts × rollouts, all True when None) are described in the module doc.
     The alignment is ``cat.alignment``'s cosine between the training weight (form and clip as configured) and the
@@ -148,17 +149,17 @@ def compute_cat_weights(
         return CATWeights(scored.double(), scored, p_hat, None, None)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if form not in WEIGHT_FORMS:  # best_of_n has its rank weight alone, whatever the form
+    if form not in WEIGHT_FORMS:  # bon has its rank weight alone, whatever the form
         raise ValueError(f"form must be one of {WEIGHT_FORMS}, got {form!r}")
-    per_sample = strategy == "best_of_n" or p_estimator in PER_SAMPLE_ESTIMATORS
+    per_sample = strategy == BON or p_estimator in PER_SAMPLE_ESTIMATORS
     counted = scored & trainable if per_sample else scored
     _check_finite(rewards, "rewards", prompts, counted)
     _check_finite(logp_sum, "logp_sum", prompts, counted)
     k_per_prompt = None
     floor_frac = None
-    if strategy == "best_of_n":
+    if strategy == BON:
         if rewards is None:
-            raise ValueError("strategy='best_of_n' needs rewards, got None")
+            raise ValueError("strategy='bon' needs rewards, got None")
         rewards = torch.as_tensor(rewards, dtype=torch.float64)
         if history is not None:
             points = torch.full_like(rewards, torch.nan)
@@ -169,7 +170,7 @@ def compute_cat_weights(
         p_hat = estimators.empirical(correct[rated], scored[rated])
     else:
         points = _estimate_p(p_estimator, correct, scored, rated, logp_sum, lengths)
-        if strategy == "passn":
+        if strategy == PASS:
             operator = PassAtN(n)
             weight = operator.log_rl_weight if form == "log" else operator.rl_weight
             test = operator.rl_weight

@@ -56,7 +56,7 @@ class CATGRPOTrainer(GRPOTrainer):
         args_config = kwargs.get("args", args[2] if len(args) > 2 else None)
         if not isinstance(args_config, CATGRPOConfig):
             raise TypeError(f"args must be a CATGRPOConfig, got {type(args_config).__name__}")
-        if args_config.cat_strategy == "majority" and args_config.cat_k == "dynamic" and answer_keys_fn is None:
+        if args_config.cat_strategy == "maj" and args_config.cat_k == "dynamic" and answer_keys_fn is None:
             raise ValueError("cat_k='dynamic' needs answer_keys_fn, got None")
         refuse_gguf_quantized(kwargs.get("model", args[0] if args else None))
         super().__init__(*args, **kwargs)
@@ -141,7 +141,7 @@ class CATGRPOTrainer(GRPOTrainer):
 
     @property
     def _needs_sequence_logps(self) -> bool:
-        return self.args.cat_strategy in ("passn", "majority") and self.args.cat_p_estimator in PER_SAMPLE_ESTIMATORS
+        return self.args.cat_strategy in ("pass", "maj") and self.args.cat_p_estimator in PER_SAMPLE_ESTIMATORS
 
     @torch.no_grad()
     def _old_sequence_logps(self, output: dict, loss_mask: torch.Tensor, m: int, mode: str) -> torch.Tensor:
@@ -166,10 +166,10 @@ class CATGRPOTrainer(GRPOTrainer):
     def _cat_weights(
         self, group_prompts, completions, rewards, correct, scored, trainable, m, mode, logp_sum=None, lengths=None
     ) -> torch.Tensor:
-        """The CAT weights that multiply the advantages, shape (groups, m), for passn / majority / best_of_n."""
+        """The CAT weights that multiply the advantages, shape (groups, m), for pass / maj / bon."""
         args = self.args
         answer_keys = None
-        if args.cat_strategy == "majority" and args.cat_k == "dynamic":  # the only consumer of answer clusters
+        if args.cat_strategy == "maj" and args.cat_k == "dynamic":  # the only consumer of answer clusters
             answer_keys = [self._answer_keys(completions[g * m : (g + 1) * m], scored[g]) for g in range(len(scored))]
         history = self.cat_history if args.cat_quantile == "history" else None
         result = compute_cat_weights(
@@ -190,7 +190,7 @@ class CATGRPOTrainer(GRPOTrainer):
             scored=scored,
             trainable=trainable,
         )
-        if args.cat_strategy == "best_of_n" and args.cat_quantile == "history" and mode == "train":
+        if args.cat_strategy == "bon" and args.cat_quantile == "history" and mode == "train":
             self.cat_history.append(rewards[scored])
         self._log_weights(result, mode)
         return result.weights

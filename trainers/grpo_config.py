@@ -44,7 +44,7 @@ class CATGRPOConfig(GRPOConfig, CATGRPOArgs):
         if self.cat_n == 1:
             return
         prompts_per_batch = self.generation_batch_size // self.num_generations
-        per_prompt_weights = self.cat_strategy in ("passn", "majority") and self.cat_p_estimator in PER_PROMPT_ESTIMATORS
+        per_prompt_weights = self.cat_strategy in ("pass", "maj") and self.cat_p_estimator in PER_PROMPT_ESTIMATORS
         # one weight per prompt, normalised to mean 1 over the prompts: a lone prompt would always get 1
         if self.cat_normalize and per_prompt_weights and prompts_per_batch < 2:
             raise ValueError(

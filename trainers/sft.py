@@ -19,7 +19,7 @@ NUM_RIVALS = 4
 class CATSFTTrainer(SFTTrainer):
     """Per-sequence loss ℓ_i, reduced by ``cat_reduction`` (the same for the baseline and every CAT branch).
 
-    none: ℓ = −log p; passn: ℓ = −log(1 − (1−p)^N); majority: ℓ = −log P[Bin(N, p) ≥ k] (CAT §5, SFT update), each
+    none: ℓ = −log p; pass: ℓ = −log(1 − (1−p)^N); maj: ℓ = −log P[Bin(N, p) ≥ k] (CAT §5, SFT update), each
     differentiated in closed form by ``cat.objectives`` (never CE times a differentiable weight).
     pairwise_contrastive: ℓ = Σ_t [0.5·(−log p_t) + 0.5·mean_r −log σ(z_gold − z_r)] over 4 rival tokens r per
     position, drawn without gradient from the softmax with the gold token masked out.
@@ -168,7 +168,7 @@ class CATSFTTrainer(SFTTrainer):
         args = self.args
         if args.cat_strategy == "none":
             return -log_p
-        if args.cat_strategy == "passn":
+        if args.cat_strategy == "pass":
             return PassAtN(args.cat_n).sft_loss(log_p, reduction="none")
         return MajorityVote(args.cat_n, args.cat_k).sft_loss(log_p, reduction="none")
 
