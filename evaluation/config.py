@@ -1,7 +1,7 @@
 """The settings of the sampler and the metrics, declared once: ``SamplingConfig`` and the names every check uses.
 
-Light on purpose (no transformers): loading a recipe imports this module, not the sampler. The strategy names are
-``cat.strategies``', which training uses too; ``avg`` and ``wmaj`` are metrics that no trainer targets.
+Light on purpose (no transformers): loading a recipe imports this module, not the sampler. The strategy names come
+from ``cat.strategies``, shared with training; ``avg`` and ``wmaj`` are metrics that no trainer targets.
 """
 
 from __future__ import annotations
