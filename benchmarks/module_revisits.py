@@ -14,7 +14,7 @@ path's target, which ends the run:
 
 Each path of each checkout runs in its own process, one after the other. Usage:
 
-    git worktree add /tmp/before 8b1e76b
+    git worktree add /tmp/before REV      # REV: the revision to compare with
     python benchmarks/module_revisits.py --before /tmp/before [--paths train,eval]
 """
 

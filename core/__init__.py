@@ -1,1 +1,3 @@
-"""core: low-level pieces every catpot package may use (file safety); imports nothing from cat/pot/trainers/recipes."""
+"""core: low-level pieces every catpot package may use: model loading and 4-bit settings (``core.models``), the
+tiny test Llama (``core.tiny_llama``), atomic files, locks and hashes (``core.files``); imports nothing from cat,
+evaluation, pot, trainers or recipes."""
