@@ -152,7 +152,7 @@ def majority_curve(
 
     Every size-k subset of the problem's n samples is equally likely. Each answer cluster (equal ``answer_keys``)
     in the subset collects one vote per sample, or with ``weights`` the sum of its samples' weights (a weighted
-    vote, e.g. ``evaluation.scorers.vote_weights``); the cluster with the most wins. **Ties are shared equally**: a
+    vote, e.g. ``evaluation.metrics.vote_weights``); the cluster with the most wins. **Ties are shared equally**: a
     subset in which r clusters tie for the most credits each of them 1/r. That equals breaking ties by a uniformly
     random order of the samples, so the value does not depend on the order in which the samples are listed (it
     replaces the rule "the tied answer that occurs first wins"). Unparsed answers (None) stay in the pool and never

@@ -67,6 +67,15 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing, torn (a kill mid-write) or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

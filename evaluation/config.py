@@ -6,7 +6,8 @@ from ``cat.strategies``, shared with training; ``avg`` and ``wmaj`` are metrics 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from cat.strategies import BON, MAJ, PASS
 
@@ -15,6 +16,11 @@ BACKENDS = ("hf", "vllm")
 CACHES = ("dynamic", "static")
 STRATEGIES = (PASS, MAJ, "wmaj", "avg", BON)
 SCORERS = ("oracle", "self_certainty", "mean_logprob", "reward_model:ID")
+
+
+def help_metadata(text: str, **extra) -> dict:
+    """A field's metadata: its help, and how ``recipes.flags`` spells its flag (``flag``, ``repeat``, ``metavar``)."""
+    return {"help": text, **extra}
 
 
 def check_ks(ks: list[int], n: int) -> list[int]:
@@ -35,35 +41,45 @@ def check_scorer(spec: str) -> str:
 
 @dataclass
 class SamplingConfig:
-    """How to draw ``n`` completions per prompt (``evaluation.sampling``)."""
+    """How to draw ``n`` completions per prompt (``evaluation.sampling``).
 
-    n: int = 1
-    max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-    prompts_per_batch: int = 4  # live batch = prompts_per_batch · n rows
-    remove_finished: bool = True  # dynamic cache only
-    backend: str = "hf"
-    cache: str = "dynamic"  # "static": fixed-shape KV cache (see evaluation.sampling)
-    compile: bool = False  # torch.compile the static-cache decode step (CUDA only)
-    stop: tuple[str, ...] = ()  # strings that end a sample (see evaluation.sampling)
+    Every field carries its help: ``recipes.eval_config.EvalConfig`` inherits them, so the ``eval`` section of a
+    recipe and the flags of ``catpot eval`` (``recipes.flags``) declare none of them again. ``SECTION`` names the
+    fields in error messages.
+    """
+
+    SECTION: ClassVar[str] = "sampling"
+
+    n: int = field(default=1, metadata=help_metadata("samples per problem"))
+    max_new_tokens: int = field(default=256, metadata=help_metadata("token limit of a sample"))
+    temperature: float = field(default=1.0, metadata=help_metadata("sampling temperature (0: greedy)"))
+    top_p: float = field(default=1.0, metadata=help_metadata("nucleus sampling mass"))
+    seed: int = field(default=0, metadata=help_metadata("sampling seed"))
+    prompts_per_batch: int = field(default=4, metadata=help_metadata("prompts decoded together (each with n rows)"))
+    remove_finished: bool = field(default=True, metadata=help_metadata(
+        "finished rows leave the batch (dynamic cache; the samples are the same either way)"))
+    backend: str = field(default="hf", metadata=help_metadata("|".join(BACKENDS)))
+    cache: str = field(default="dynamic", metadata=help_metadata("dynamic|static KV cache of the hf sampler"))
+    compile: bool = field(default=False, metadata=help_metadata("torch.compile the static-cache decode step (CUDA)"))
+    stop: list[str] = field(default_factory=list, metadata=help_metadata(
+        "a string that ends a sample (repeatable; in bash write a newline as $'\\n')", repeat=True))
 
     def __post_init__(self) -> None:
+        where = self.SECTION
         for name in ("n", "max_new_tokens", "prompts_per_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sampling.{name} must be a positive int, got {value!r}")
+                raise ValueError(f"{where}.{name} must be a positive int, got {value!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature!r}")
+            raise ValueError(f"{where}.temperature must be >= 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p!r}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"sampling.backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ValueError(f"{where}.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.cache not in CACHES:
-            raise ValueError(f"sampling.cache must be one of {CACHES}, got {self.cache!r}")
+            raise ValueError(f"{where}.cache must be one of {CACHES}, got {self.cache!r}")
         if self.compile and self.cache != "static":
-            raise ValueError(f"sampling.compile needs sampling.cache='static', got cache={self.cache!r}")
+            raise ValueError(f"{where}.compile needs {where}.cache='static', got cache={self.cache!r}")
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"sampling.stop must be a list of non-empty strings, got {self.stop!r}")
-        self.stop = tuple(self.stop)
+            raise ValueError(f"{where}.stop must be a list of non-empty strings, got {self.stop!r}")
+        self.stop = list(self.stop)

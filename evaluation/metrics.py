@@ -8,7 +8,7 @@ A *record* is one problem's dict (see ``evaluation.records``): ``samples`` (each
   n and k by counting the subsets each answer cluster wins; ties shared equally among the tied answers;
 - ``avg``: avg@k = expected accuracy of one of k samples = c/n;
 - ``wmaj``: weighted majority vote over size-k subsets: each parsed answer collects the sum of its samples' vote
-  weights (``evaluation.scorers.vote_weights`` of the scorer's scores) and the heaviest answer wins, ties shared;
+  weights (``vote_weights`` of the scorer's scores) and the heaviest answer wins, ties shared;
   exact by counting or enumeration where possible, else Monte Carlo with its standard error reported as ``mc_stderr``
   (``majority_curve`` documents when);
 - ``bon``: best-of-k under a scorer = E[correct of the highest-scoring sample of a uniform k-subset]
@@ -24,15 +24,35 @@ for two runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from cat.estimators import best_of_k_curve, majority_curve, pass_at_k
-from evaluation.config import STRATEGIES, check_ks
-from evaluation.scorers import vote_weights
+from evaluation.config import STRATEGIES, check_ks, check_scorer
 
 BOOTSTRAP_RESAMPLES = 2000
+
+
+def vote_weights(scorer: str, scores: list[float]) -> list[float]:
+    """Non-negative weighted-majority vote weight of each sample's ``scorer`` score (``evaluation.scorers``).
+
+    A weighted vote sums a non-negative weight per answer: oracle and self-certainty (a KL divergence, ≥ 0) as they
+    are, ``mean_logprob`` → exp(mean log p) (the geometric-mean token probability), ``reward_model`` → sigmoid(logit)
+    (the Bradley–Terry probability of being preferred over a reference of logit 0).
+    """
+    for score in scores:
+        if not math.isfinite(score):
+            raise ValueError(f"weighted majority needs finite {scorer!r} scores, got {score!r}")
+    if scorer == "oracle":
+        return list(scores)
+    if scorer == "self_certainty":
+        return [max(s, 0.0) for s in scores]  # a KL ≥ 0; rounding leaves near-uniform steps a hair below 0
+    if scorer == "mean_logprob":
+        return [math.exp(s) for s in scores]
+    check_scorer(scorer)
+    return [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in scores]
 
 
 def problem_curve(record: dict, strategy: str, ks: list[int], scorer: str = "oracle",
@@ -174,9 +194,14 @@ def curves(records: list[dict], strategies: list[str], ks: list[int], scorer: st
 
 
 def unparsed_counts(records: list[dict], strategies: list[str]) -> dict[str, int]:
-    """Samples whose answer could not be parsed (counted as wrong) in the pool each strategy draws from."""
-    missing = sum(s["answer_key"] is None for r in records for s in r["samples"])
-    return {strategy: missing for strategy in strategies}
+    """Answers that could not be parsed (counted as wrong) among those each strategy draws from: the sampled pool,
+    or for ``pot@u`` the PoT runs with update budget u."""
+    def missing(answers) -> int:
+        return sum(a["answer_key"] is None for a in answers)
+
+    pool = missing(s for r in records for s in r["samples"])
+    return {name: missing(run for r in records for run in r["pot"][name[4:]]) if name.startswith("pot@") else pool
+            for name in strategies}
 
 
 def finished_rate(records: list[dict]) -> float:

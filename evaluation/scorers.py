@@ -6,15 +6,11 @@
 - ``reward_model:ID``: the scalar logit of a Hugging Face ``AutoModelForSequenceClassification`` (num_labels = 1)
   applied to the chat-templated prompt + completion.
 
-Weighted majority vote sums a non-negative *vote weight* per answer, so each score is mapped to one
-(``vote_weights``): oracle and self-certainty (a KL divergence, ≥ 0) as they are, ``mean_logprob`` → exp(mean log p)
-(the geometric-mean token probability), ``reward_model`` → sigmoid(logit) (the Bradley–Terry probability of being
-preferred over a reference of logit 0).
+Weighted majority vote turns each score into a vote weight (``evaluation.metrics.vote_weights``).
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -61,18 +57,3 @@ def score_samples(scorer: str, samples: list[Sample], correct: list[bool], promp
     if reward_model is None:
         raise ValueError(f"scorer {scorer!r} needs a loaded RewardModelScorer, got None")
     return reward_model(prompt, [s.text for s in samples])
-
-
-def vote_weights(scorer: str, scores: list[float]) -> list[float]:
-    """Non-negative weighted-majority vote weight of each sample's ``scorer`` score (see the module docstring)."""
-    for score in scores:
-        if not math.isfinite(score):
-            raise ValueError(f"weighted majority needs finite {scorer!r} scores, got {score!r}")
-    if scorer == "oracle":
-        return list(scores)
-    if scorer == "self_certainty":
-        return [max(s, 0.0) for s in scores]  # a KL ≥ 0; rounding leaves near-uniform steps a hair below 0
-    if scorer == "mean_logprob":
-        return [math.exp(s) for s in scores]
-    check_scorer(scorer)
-    return [1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s)) for s in scores]

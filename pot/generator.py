@@ -306,7 +306,7 @@ class PoTGenerator:
                 layer.keys[index], layer.values[index] = new.keys, new.values
         for pos in rebuild:
             r = requests[rows[pos]]
-            r.trace.forward_tokens += len(r.prompt_ids) + len(r.generated) - 1
+            r.trace.reprefill_tokens += len(r.prompt_ids) + len(r.generated) - 1
         return seq, mask, cache
 
     def _results(self, requests, wall: float) -> list[PoTResult]:

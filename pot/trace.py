@@ -3,8 +3,10 @@
 Compute convention (dense estimate, Kaplan et al. 2020, with P the number of base-model parameters; the adapters and
 attention's context-length term are ignored, both small next to P for the sizes used here):
 - forward: 2·P per token position a forward computes for the request: its prompt prefill, one per decoded token,
-  the gradient window (the segment's positions; the context's too with ``window="context"``), the rewards' own
-  forwards, and every re-prefill (a forward over the whole context, prompt and generated tokens);
+  the gradient window (the segment's positions; the context's too with ``window="context"``) and the rewards' own
+  forwards;
+- re-prefill: 2·P per position of every forward over the whole context (prompt and generated tokens) that rebuilds
+  the KV cache under an updated adapter, counted apart from the forward tokens as in episode mode (``pot.episode``);
 - backward: 2·P per position of the gradient window. The base weights are frozen and only adapter gradients are
   taken, so the backward computes activation gradients (≈ one forward) and no weight-gradient GEMMs, next to which
   the rank-r adapters' weight gradients are negligible; PoT measured a LoRA backward at ≈ 1.46× a forward
@@ -49,6 +51,7 @@ class PoTTrace:
     generated_tokens: int = 0
     forward_tokens: int = 0
     backward_tokens: int = 0
+    reprefill_tokens: int = 0
     wall_s: float = 0.0
     peak_memory_bytes: int = 0
     gated_off: bool = False
@@ -62,4 +65,4 @@ class PoTTrace:
 
     @property
     def estimated_flops(self) -> float:
-        return 2.0 * self.num_parameters * (self.forward_tokens + self.backward_tokens)
+        return 2.0 * self.num_parameters * (self.forward_tokens + self.reprefill_tokens + self.backward_tokens)

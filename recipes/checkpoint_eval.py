@@ -14,13 +14,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers.trainer import TRAINER_STATE_NAME
 
 from recipes.config import Recipe
 from recipes.provenance import ADAPTER_CONFIG
 from recipes.run_dir import claim, open_run_dir
-from recipes.train import FINAL_DIR, TRAIN_SUMMARY_FILE, _read_json_object
-from trainers.checkpointing import CAT_STATE_FILE
+from recipes.train import FINAL_DIR, TRAIN_SUMMARY_FILE, checkpoint_complete
 
 EVAL_DIR = "eval"
 
@@ -30,15 +28,9 @@ def saved_checkpoints(out: str | Path, algorithm: str) -> dict[int, Path]:
     steps = {}
     for path in Path(out).glob("checkpoint-*"):
         suffix = path.name.split("-", 1)[1]
-        if suffix.isdigit() and (path / ADAPTER_CONFIG).is_file() and _complete(path, algorithm):
+        if suffix.isdigit() and (path / ADAPTER_CONFIG).is_file() and checkpoint_complete(path, algorithm):
             steps[int(suffix)] = path
     return dict(sorted(steps.items()))
-
-
-def _complete(checkpoint: Path, algorithm: str) -> bool:
-    """Whether the files Trainer (and CAT-GRPO) write last are there and parse (a kill during a save tears them)."""
-    required = [TRAINER_STATE_NAME] + ([CAT_STATE_FILE] if algorithm == "grpo" else [])
-    return all(_read_json_object(checkpoint / name) is not None for name in required)
 
 
 def adapter_tensors(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 from recipes.config import Recipe, load_recipe, shipped_recipes
-from core.models import resolve_model_name  # noqa: F401 — part of the command's API
 
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError)  # OSError: missing files, existing output_dir, Hub misses
 

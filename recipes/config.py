@@ -236,6 +236,44 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
+# TRL arguments catpot sets itself: a recipe value would break resuming or logging.
+RESERVED_TRL = {
+    "output_dir": "checkpoints must stay in output_dir for --resume to find them; set output_dir instead",
+    "resume_from_checkpoint": "pass --resume instead",
+}
+
+
+def check_trl_fields(trl: dict, config_class: type) -> dict:
+    """``train.trl`` checked against the TRL config's field types before anything is loaded.
+
+    YAML 1.1 reads ``1e-5`` as a string: for a float field such a string becomes the float. Floats must be finite
+    (``learning_rate: .nan`` would train on NaN without an error).
+    """
+    hints = typing.get_type_hints(config_class)
+    fields = [f.name for f in dataclasses.fields(config_class) if f.init]
+    checked = {}
+    for key, value in trl.items():
+        name = f"train.trl.{key}"
+        if key in RESERVED_TRL:
+            raise ValueError(f"{name} cannot be set: {RESERVED_TRL[key]}")
+        if key.startswith("cat_"):
+            raise ValueError(f"{name}: set train.{key} instead (the cat_* fields live in the train section)")
+        if key not in fields:
+            raise TypeError(f"{name} is not a {config_class.__mro__[1].__name__} argument{_closest(key, fields)}")
+        annotation = hints[key]
+        if isinstance(value, str) and value_matches(1.0, annotation) and not value_matches(value, annotation):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not value_matches(value, annotation):
+            raise TypeError(f"{name} expects {_type_name(annotation)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        checked[key] = value
+    return checked
+
+
 def _set_path(data: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data

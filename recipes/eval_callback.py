@@ -69,11 +69,14 @@ def wandb_values(results: dict) -> dict[str, float]:
 
 
 class EvalCallback(TrainerCallback):
-    """See the module docstring. ``eval_dir``: the run's ``<output_dir>/eval``; ``run``: its W&B run or None."""
+    """See the module docstring. ``eval_dir``: the run's ``<output_dir>/eval``; ``run``: its W&B run or None;
+    ``source``: what the base model samples from (``recipes.train.base_eval_source``), to which each evaluation adds
+    the hash of the trained weights; ``label``: the run's name, to which each evaluation adds its step."""
 
-    def __init__(self, recipe, task, tokenizer, eval_dir: str | Path, run=None):
+    def __init__(self, recipe, task, tokenizer, eval_dir: str | Path, run=None, *, source: dict, label: str):
         self.recipe, self.task, self.tokenizer, self.run = recipe, task, tokenizer, run
         self.every, self.eval_dir = recipe.eval.every_steps, Path(eval_dir)
+        self.source, self.label = source, label
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
@@ -84,13 +87,12 @@ class EvalCallback(TrainerCallback):
             return  # evaluated before a kill: the resumed run does not redo it
         from recipes.eval_command import evaluate_model
         from recipes.run_dir import claim
-        from recipes.train import base_eval_source, run_label
 
         claim(self.eval_dir, "eval", "evaluation directory")  # the parent first: it then holds only evaluations
-        source = {**base_eval_source(self.recipe), "trained_weights": parameters_sha256(model), "step": step}
+        source = {**self.source, "trained_weights": parameters_sha256(model), "step": step}
         with sampling_mode(model, self.tokenizer):
             results = evaluate_model(model, self.tokenizer, self.task, self.recipe.eval, directory,
-                                     model_name=f"{run_label(self.recipe)} step {step}", source=source)
+                                     model_name=f"{self.label} step {step}", source=source)
         if self.run is not None:
             try:
                 self.run.log({"train/global_step": step, **wandb_values(results)})

@@ -38,7 +38,7 @@ import argparse
 import json
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from rich.console import Console
@@ -48,11 +48,9 @@ from rich.table import Table
 from core.files import atomic_write_json
 from evaluation.metrics import curves, finished_rate, paired_bootstrap, pot_curves, problem_values, unparsed_counts
 from evaluation.records import RecordsFile, read_records
-from evaluation.sampling import sample
-from evaluation.scorers import RewardModelScorer, score_samples
 from recipes.config import LoggingConfig, parse_override
 from recipes.eval_config import FIELDS_ADDED_LATER, EvalConfig
-from recipes.flags import add_flags, from_flags
+from recipes.flags import add_flags, field_default, from_flags
 
 
 def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | Path, run=None,
@@ -65,7 +63,8 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     data directory; see ``recipes.provenance``); records are resumed only when it, the rendered prompts, the gold
     answers and the library versions all match.
     """
-    from recipes.provenance import library_versions, prompts_sha256, run_provenance
+    from evaluation.scorers import RewardModelScorer
+    from recipes.provenance import prompts_sha256, run_provenance
     from recipes.run_dir import claim
 
     if not task.problems:
@@ -73,18 +72,8 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     out = Path(out_dir)
     claim(out, "eval", "evaluation directory")
     prompts_hash = prompts_sha256(task, tokenizer)
-    identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
-                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_hash,
-                "source": source or {}, "versions": library_versions(),
-                "device": model.device.type if hasattr(model, "device") else eval_cfg.backend}
-    identity.pop("ks"), identity.pop("strategies")  # metrics only: they do not change the samples
-    identity.pop("every_steps", None)  # when training evaluates (a recipe's eval section), not how
-    defaults = EvalConfig()
-    later = {"subset": "first", **{name: getattr(defaults, name) for name in FIELDS_ADDED_LATER}}
-    for name, default in later.items():  # fields added later: at their defaults they are left out, so records
-        if identity.get(name) == default:  # written before them stay resumable
-            identity.pop(name)
-    identity["pot"] = "pot" in eval_cfg.strategies
+    device = model.device.type if hasattr(model, "device") else eval_cfg.backend
+    identity = records_identity(eval_cfg, model_name, task, prompts_hash, source or {}, device)
     provenance = run_provenance(task, tokenizer, source or {}, prompts_hash)
     records = RecordsFile(out / "records.jsonl", identity, provenance)
     reward_model = None
@@ -105,13 +94,11 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     sampled = [s for s in eval_cfg.strategies if s != "pot"]
     results = {"config": asdict(eval_cfg), "model": model_name, "task": task.name, "n": eval_cfg.n,
                "num_problems": len(ordered), "scorer": eval_cfg.scorer,
-               "curves": curves(ordered, sampled, eval_cfg.ks, eval_cfg.scorer, num_parameters, eval_cfg.seed),
-               "unparsed": unparsed_counts(ordered, sampled), "finished_rate": finished_rate(ordered)}
+               "curves": curves(ordered, sampled, eval_cfg.ks, eval_cfg.scorer, num_parameters, eval_cfg.seed)}
     if "pot" in eval_cfg.strategies:
-        pot = pot_curves(ordered, [k for k in eval_cfg.ks if k <= eval_cfg.pot_runs], eval_cfg.seed)
-        results["curves"].update(pot)
-        results["unparsed"].update({name: sum(run["answer_key"] is None for r in ordered for run in r["pot"][name[4:]])
-                                    for name in pot})
+        results["curves"].update(pot_curves(ordered, [k for k in eval_cfg.ks if k <= eval_cfg.pot_runs], eval_cfg.seed))
+    results["unparsed"] = unparsed_counts(ordered, list(results["curves"]))
+    results["finished_rate"] = finished_rate(ordered)
     answers = {name: len(ordered) * (eval_cfg.pot_runs if name.startswith("pot@") else eval_cfg.n)
                for name in results["curves"]}
     results = {"summary": summarize(results, answers), **results, "provenance": provenance}
@@ -123,6 +110,29 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     if run is not None:
         log_to_wandb(run, results, ordered)
     return results
+
+
+def records_identity(eval_cfg: EvalConfig, model_name: str, task, prompts_hash: str, source: dict,
+                     device: str) -> dict:
+    """What the samples of ``records.jsonl`` depend on; records are resumed only under the same identity.
+
+    The metrics (``ks``, ``strategies``) and when training evaluates (``every_steps``) do not change the samples;
+    fields added after records were first written are left out at their defaults, so those records stay resumable.
+    """
+    from recipes.provenance import library_versions
+
+    identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
+                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_hash, "source": source,
+                "versions": library_versions(), "device": device}
+    identity.pop("ks"), identity.pop("strategies")
+    identity.pop("every_steps", None)
+    defaults = {f.name: field_default(f) for f in fields(EvalConfig)}
+    later = {"subset": "first", **{name: defaults[name] for name in FIELDS_ADDED_LATER}}
+    for name, default in later.items():
+        if identity.get(name) == default:
+            identity.pop(name)
+    identity["pot"] = "pot" in eval_cfg.strategies
+    return identity
 
 
 def summarize(results: dict, answers: dict[str, int]) -> dict:
@@ -138,10 +148,13 @@ def summarize(results: dict, answers: dict[str, int]) -> dict:
 
 def _evaluate_batch(model, tokenizer, task, todo, eval_cfg: EvalConfig, records: RecordsFile, reward_model) -> None:
     """Sample, verify, score (and PoT-run) one batch of problems and append their records."""
+    from evaluation.sampling import sample
+    from evaluation.scorers import score_samples
+
     prompts = [task.render(p, tokenizer) for p in todo]
     pot_runs = run_pot(model, tokenizer, task, todo, prompts, eval_cfg) if "pot" in eval_cfg.strategies else {}
     began = time.perf_counter()
-    pools = sample(model, tokenizer, prompts, eval_cfg.sampling())
+    pools = sample(model, tokenizer, prompts, eval_cfg)  # an EvalConfig is the sampler's SamplingConfig
     wall = (time.perf_counter() - began) / len(todo)
     for problem, prompt, pool in zip(todo, prompts, pools):
         strict = eval_cfg.answer_mode == "strict"
@@ -257,7 +270,7 @@ def _segment_runs(model, tokenizer, task, problems, prompts, eval_cfg: EvalConfi
         runs.append({
             **_verdict_fields(task, problem, result.text, finished, strict), "failure": trace.failure,
             "steps": len(trace.updates), "generated_tokens": trace.generated_tokens,
-            "forward_tokens": trace.forward_tokens, "reprefill_tokens": getattr(trace, "reprefill_tokens", 0),
+            "forward_tokens": trace.forward_tokens, "reprefill_tokens": trace.reprefill_tokens,
             "backward_tokens": trace.backward_tokens, "flops": trace.estimated_flops,
             "wall_time": trace.wall_s / len(problems),
             "attempts": [{"update": u.update, "reward": u.reward, "advantage": u.advantage,

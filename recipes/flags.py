@@ -25,7 +25,7 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
@@ -59,7 +59,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, item = _kind(hints[f.name])
-        default = _default(f)
+        default = field_default(f)
         text = f.metadata.get("help", "")
         if kind == "bool":
             if default:

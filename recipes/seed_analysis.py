@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from core.files import atomic_write_json, atomic_write_text
 from evaluation.metrics import paired_bootstrap, problem_curve
 from evaluation.records import read_records
 

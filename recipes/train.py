@@ -23,14 +23,11 @@ without training again: it only redoes what is missing (``final/``, the evaluati
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import re
 import shutil
 import time
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +39,11 @@ from peft import LoraConfig, PeftModel
 from transformers import set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
-from core.files import atomic_write_json, atomic_write_text
-from recipes import tracking
-from recipes.config import Recipe, _closest, recipe_from_dict, to_dict, value_matches
+from core.files import atomic_write_json, atomic_write_text, read_json_object
 from core.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
+from recipes import tracking
+from recipes.config import Recipe, check_trl_fields, recipe_from_dict, to_dict
+from recipes.eval_callback import EvalCallback
 from recipes.plotting import plot_training
 from recipes.provenance import check_adapter, model_fingerprint, weights_fingerprint
 from recipes.run_dir import open_run_dir
@@ -59,11 +57,6 @@ FINAL_DIR = "final"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 # Checkpoint files that only resuming needs; the rest is what ``Trainer.save_model`` writes.
 RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", TRAINER_STATE_NAME, CAT_STATE_FILE)
-# TRL arguments catpot sets itself: a recipe value would break resuming or logging.
-RESERVED_TRL = {
-    "output_dir": "checkpoints must stay in output_dir for --resume to find them; set output_dir instead",
-    "resume_from_checkpoint": "pass --resume instead",
-}
 
 
 @dataclass
@@ -104,28 +97,25 @@ def last_complete_checkpoint(out: Path, algorithm: str) -> str | None:
     Trainer writes ``trainer_state.json`` after the weights, optimizer and RNG state; CAT-GRPO then adds its CAT state.
     Both are parsed: a file torn by a kill does not make a checkpoint complete.
     """
-    required = [TRAINER_STATE_NAME] + ([CAT_STATE_FILE] if algorithm == "grpo" else [])
     steps = sorted((int(p.name.split("-")[1]), p) for p in Path(out).glob("checkpoint-*")
                    if p.name.split("-")[1].isdigit())
     for _, path in reversed(steps):
-        if all(_read_json_object(path / name) is not None for name in required):
+        if checkpoint_complete(path, algorithm):
             return str(path)
     return None
 
 
+def checkpoint_complete(checkpoint: Path, algorithm: str) -> bool:
+    """Whether the files Trainer (and CAT-GRPO) write last are there and parse (a kill during a save tears them)."""
+    required = [TRAINER_STATE_NAME] + ([CAT_STATE_FILE] if algorithm == "grpo" else [])
+    return all(read_json_object(checkpoint / name) is not None for name in required)
+
+
 def training_finished(checkpoint: str | Path) -> bool:
     """Whether the checkpoint was saved at the last step (Trainer always saves there with ``save_strategy: steps``)."""
-    state = _read_json_object(Path(checkpoint) / TRAINER_STATE_NAME) or {}
+    state = read_json_object(Path(checkpoint) / TRAINER_STATE_NAME) or {}
     max_steps, step = state.get("max_steps", 0), state.get("global_step", 0)
     return isinstance(max_steps, int) and max_steps > 0 and isinstance(step, int) and step >= max_steps
-
-
-def _read_json_object(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _check_same_recipe(saved: dict, current: dict, path: Path, prefix: str = "") -> None:
@@ -157,41 +147,6 @@ def _saved_recipe(path: Path) -> dict:
     if not isinstance(saved, dict):
         raise ValueError(f"--resume: {path} is not a recipe; use a new output_dir")
     return saved
-
-
-def check_trl_fields(trl: dict, config_class: type) -> dict:
-    """``train.trl`` checked against the TRL config's field types before anything is loaded.
-
-    YAML 1.1 reads ``1e-5`` as a string: for a float field such a string becomes the float. Floats must be finite
-    (``learning_rate: .nan`` would train on NaN without an error).
-    """
-    hints = typing.get_type_hints(config_class)
-    fields = [f.name for f in dataclasses.fields(config_class) if f.init]
-    checked = {}
-    for key, value in trl.items():
-        name = f"train.trl.{key}"
-        if key in RESERVED_TRL:
-            raise ValueError(f"{name} cannot be set: {RESERVED_TRL[key]}")
-        if key.startswith("cat_"):
-            raise ValueError(f"{name}: set train.{key} instead (the cat_* fields live in the train section)")
-        if key not in fields:
-            raise TypeError(f"{name} is not a {config_class.__mro__[1].__name__} argument{_closest(key, fields)}")
-        annotation = hints[key]
-        if isinstance(value, str) and value_matches(1.0, annotation) and not value_matches(value, annotation):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if not value_matches(value, annotation):
-            raise TypeError(f"{name} expects {_type_name(annotation)}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        checked[key] = value
-    return checked
-
-
-def _type_name(annotation) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def trainer_config(recipe: Recipe) -> CATGRPOConfig | CATSFTConfig:
@@ -363,9 +318,8 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
             if run is not None:
                 tracking.use_safe_callback(trainer)
             if recipe.eval.every_steps is not None:
-                from recipes.eval_callback import EvalCallback
-
-                trainer.add_callback(EvalCallback(recipe, prepared.eval_task, tokenizer, out / "eval", run))
+                trainer.add_callback(EvalCallback(recipe, prepared.eval_task, tokenizer, out / "eval", run,
+                                                  source=base_eval_source(recipe), label=run_label(recipe)))
             if not (out / RECIPE_FILE).is_file():  # the run starts here: from now on --resume continues it
                 atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(to_dict(recipe), sort_keys=False))
             if checkpoint:
@@ -399,7 +353,7 @@ def _finished_training(out: Path, checkpoint: str | None) -> dict:
     summary_path = final / TRAIN_SUMMARY_FILE
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    state = _read_json_object(Path(checkpoint) / TRAINER_STATE_NAME)
+    state = read_json_object(Path(checkpoint) / TRAINER_STATE_NAME)
     section = train_summary(state.get("log_history", []), None)  # the wall time died with the killed process
 
     def copy_model_files(staging: str) -> None:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from recipes.cli import main, resolve_model_name
+from core.models import resolve_model_name
+from recipes.cli import main
 from recipes.config import shipped_recipes
 
 DATA_TASKS = {"gsm8k", "math", "math500"}

@@ -1,6 +1,8 @@
 """Recipe loading: typed fields, unknown keys with suggestions, overrides with coercion, and bad input."""
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, strategies as st
@@ -105,3 +107,12 @@ def test_every_cat_field_reaches_the_trainer_config_from_a_recipe(algorithm):
         overrides.append("train.trl.num_generations=4")
     config = trainer_config(recipe_from_dict({}, overrides))
     assert {name: getattr(config, name) for name in values} == values
+
+
+def test_loading_a_recipe_and_the_command_line_import_no_model_library():
+    """Recipes, flags, metrics and ``catpot compare`` stay light: transformers and TRL load only where a model does."""
+    code = ("import sys, recipes.cli, recipes.config, recipes.eval_command, evaluation.metrics, recipes.seed_analysis;"
+            "recipes.config.load_recipe('demo');"
+            "print(sorted(m for m in ('transformers', 'trl', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

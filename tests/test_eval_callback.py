@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recipes import eval_command, tracking
+from evaluation import sampling
+from recipes import tracking
 from recipes.config import EvalSection, recipe_from_dict
 from recipes.eval_callback import sampling_mode
 from recipes.train import train
@@ -45,9 +46,9 @@ def test_training_with_the_callback_equals_training_without_and_logs_the_records
         torch.rand(100), random.random(), np.random.rand(3)
         return sample(*args, **kwargs)
 
-    start_run, sample = tracking.start_run, eval_command.sample
+    start_run, sample = tracking.start_run, sampling.sample
     monkeypatch.setattr(tracking, "start_run", spied_start_run)
-    monkeypatch.setattr(eval_command, "sample", sample_like_generate)
+    monkeypatch.setattr(sampling, "sample", sample_like_generate)
     train(_sft_recipe(tmp_path, "with", every_steps=2))
     train(_sft_recipe(tmp_path, "without", every_steps=None))
     with_cb, without = (load_file(str(tmp_path / d / "final" / "adapter_model.safetensors"))

@@ -16,7 +16,8 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from cat.estimators import best_of_k_expected, majority_at_k
 from evaluation.records import read_records
-from evaluation.scorers import RewardModelScorer, vote_weights
+from evaluation.metrics import vote_weights
+from evaluation.scorers import RewardModelScorer
 from recipes.eval_command import (EvalConfig, evaluate_model, log_to_wandb, parameter_count, print_results_table,
                                   register)
 from recipes.tasks import Task, load_task
@@ -139,10 +140,11 @@ def test_reward_model_scorer_batches_like_single_calls_and_drives_best_of_k(tiny
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n=4, ks=[1, 8]), "k=8"),
     (dict(scorer="vibes"), "'vibes'"),
-    (dict(backend="tgi"), "'tgi'"),
     (dict(strategies=["pass", "best"]), "'best'"),
     (dict(backend="vllm", strategies=["pass", "pot"]), "'pot' needs eval.backend 'hf'"),
     (dict(backend="vllm", scorer="self_certainty"), "'self_certainty' needs eval.backend 'hf'"),
+    (dict(backend="tgi"), r"^eval.backend must be one of \('hf', 'vllm'\), got 'tgi'$"),
+    (dict(stop=["\n"], strategies=["pot"]), r"^eval.stop needs eval.pot_mode 'episode' with strategy 'pot'"),
 ])
 def test_bad_eval_config(kwargs, message):
     with pytest.raises(ValueError, match=message):

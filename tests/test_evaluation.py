@@ -14,10 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cat.estimators import best_of_k_expected, majority_at_k
-from evaluation.metrics import (bootstrap_ci, curves, finished_rate, paired_bootstrap,
-                            problem_values, unparsed_counts)
+from evaluation.metrics import (bootstrap_ci, curves, finished_rate, paired_bootstrap, problem_values,
+                                unparsed_counts, vote_weights)
 from evaluation.records import RecordsFile, read_records
-from evaluation.scorers import vote_weights
 
 
 def make_record(pid, keys, correct, scores, tokens=None):
@@ -163,6 +162,9 @@ def test_curves_points_compute_and_unparsed():
     assert out["maj"][1]["wall_time"] == pytest.approx(3 * 2.0 * 3 / 6)
     assert all(p["ci_low"] <= p["value"] <= p["ci_high"] for p in out["pass"])
     assert unparsed_counts(records, ["pass"]) == {"pass": 1 + 1 + 6}
+    records[0]["pot"] = {"0": [{"answer_key": None}, {"answer_key": "3"}], "2": [{"answer_key": "3"}] * 2}
+    records[1]["pot"] = {"0": [{"answer_key": None}] * 2, "2": [{"answer_key": None}, {"answer_key": "4"}]}
+    assert unparsed_counts(records[:2], ["maj", "pot@0", "pot@2"]) == {"maj": 1 + 1, "pot@0": 3, "pot@2": 1}
 
 
 def test_curve_cis_share_one_resampling_and_equal_the_per_point_bootstrap():

@@ -242,9 +242,9 @@ def test_cli_flags_reach_the_pot_config():
 @pytest.mark.parametrize("flags, message", [
     (("--pot-mode", "bogus"), "eval.pot_mode (--pot-mode) must be one of ('segment', 'episode'), got 'bogus'"),
     (("--pot-reward", "gold"), "eval.pot_reward (--pot-reward) must be one of"),
-    (("--pot-group-size", "1"), "eval.pot_group_size (--pot-group-size) must be an int >= 2, got 1"),
-    (("--pot-epochs", "0"), "eval.pot_epochs (--pot-epochs) must be an int >= 1, got 0"),
-    (("--pot-lr", "-1"), "eval.pot_lr (--pot-lr) must be a finite number > 0 or null, got -1.0"),
+    (("--pot-group-size", "1"), "eval.pot_group_size (--pot-group-size) must be an integer >= 2, got 1"),
+    (("--pot-epochs", "0"), "eval.pot_epochs (--pot-epochs) must be an integer >= 1, got 0"),
+    (("--pot-lr", "-1"), "eval.pot_lr (--pot-lr) must be a finite number > 0, got -1.0"),
     (("--pot-answer", "best"), "eval.pot_answer (--pot-answer) must be one of ('greedy', 'sample'), got 'best'"),
     (("--pot-updates", "1,x"), "--pot-updates must be comma-separated ints, got '1,x'"),
     (("--strategies", "pot", "--pot-mode", "episode", "--temperature", "0"), "needs temperature > 0, got 0.0"),

@@ -330,7 +330,8 @@ def test_q_only_cache_exact_when_adapter_is_on_last_attention_layer():
     stale = PoTGenerator(model, tok, PoTConfig(stale_kv=True, **cfg), reward=ConstantReward(1.0)).generate(PROMPTS, 16)
     assert [f.token_ids for f in fresh] == [s.token_ids for s in stale]
     assert all(u.adapter_norm > 0 for r in fresh for u in r.trace.updates)
-    assert sum(r.trace.forward_tokens for r in fresh) > sum(r.trace.forward_tokens for r in stale)
+    assert [f.trace.forward_tokens for f in fresh] == [s.trace.forward_tokens for s in stale]
+    assert all(f.trace.reprefill_tokens > 0 == s.trace.reprefill_tokens for f, s in zip(fresh, stale))
 
 
 def test_stale_kv_changes_generation_and_counts(tiny):
@@ -344,9 +345,12 @@ def test_stale_kv_changes_generation_and_counts(tiny):
         assert trace.generated_tokens == len(result.token_ids)
         assert trace.backward_tokens == 4 * len(trace.updates)
         n = trace.num_parameters
-        assert trace.estimated_flops == 2 * n * trace.forward_tokens + 2 * n * trace.backward_tokens
+        assert trace.estimated_flops == 2 * n * (trace.forward_tokens + trace.reprefill_tokens + trace.backward_tokens)
         assert trace.forward_tokens >= len(_encode(tok, prompt)) - 1 + trace.generated_tokens + trace.backward_tokens
-    assert sum(r.trace.forward_tokens for r in fresh) > sum(r.trace.forward_tokens for r in stale)
+    for prompt, r in zip(PROMPTS, fresh):  # after update u, the context re-run: the prompt and 4·(u + 1) tokens
+        rebuilt = [len(_encode(tok, prompt)) - 1 + 4 * (u.update + 1) for u in r.trace.updates]
+        assert r.trace.reprefill_tokens == sum(rebuilt) > 0
+    assert all(r.trace.reprefill_tokens == 0 for r in stale)
 
 
 @pytest.mark.parametrize(
@@ -505,7 +509,7 @@ def test_batch_compute_totals_equal_separate_runs(tiny, window, stale_kv):
     assert batched[1].trace.gated_off and sum(len(r.trace.updates) for r in batched) > 0
     for together, single in zip(batched, alone):
         assert together.token_ids == single.token_ids
-        for key in ("forward_tokens", "backward_tokens", "generated_tokens", "estimated_flops"):
+        for key in ("forward_tokens", "reprefill_tokens", "backward_tokens", "generated_tokens", "estimated_flops"):
             assert getattr(together.trace, key) == getattr(single.trace, key), key
     # the plain request: its prefill and one forward per token it generated, nothing else
     assert batched[1].trace.forward_tokens == len(_encode(tok, prompts[1])) - 1 + len(batched[1].token_ids)

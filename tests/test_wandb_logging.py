@@ -4,7 +4,6 @@ job type, the project rule, TRL's own completions table in catpot's run, and a W
 import argparse
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 

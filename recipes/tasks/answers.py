@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import re
 import threading
 from collections.abc import Sequence
