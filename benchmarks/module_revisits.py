@@ -4,8 +4,9 @@ A *visit* of a module is a distinct way into it along the path: a pair (calling 
 function of the module), the caller being another catpot module or a library calling back (TRL calling a trainer
 hook). A call repeated in a loop is one visit; code that runs while a module is imported is not counted, nor are
 calls within a file. A module's *revisits* are its visits after the first: how often a reader following the path
-comes back to that file. Counted with ``sys.setprofile`` from ``recipes.cli.main`` until the first call of the
-path's target, which ends the run:
+comes back to that file. Counting the returns as well (a distinct call out of a module returns to it once) gives
+the *revisits with returns*: visits plus returns, less one, per module. Counted with ``sys.setprofile`` from
+``recipes.cli.main`` until the first call of the path's target, which ends the run:
 
 - ``train``: ``catpot train demo`` (the shipped demo recipe, into a temporary directory) until the first CAT
   weight, i.e. the first call of a ``*_weight`` function of ``cat/objectives.py``;
@@ -125,7 +126,11 @@ def report(path: str, before: dict, after: dict) -> None:
         modules_seen = len(result["entries"])
         total = sum(len(e) for e in result["entries"].values())
         totals[name] = total - modules_seen
-        print(f"{name}: {modules_seen} modules, {total} visits, {total - modules_seen} revisits")
+        returns = Counter(entry.split(":", 1)[0] for entries in result["entries"].values() for entry in entries)
+        both = {m: len(result["entries"].get(m, ())) + returns.get(m, 0) for m in set(result["entries"]) | set(returns)
+                if m != "a library"}
+        print(f"{name}: {modules_seen} modules, {total} visits, {total - modules_seen} revisits; with returns "
+              f"{sum(v - 1 for v in both.values())} revisits, {sum(v > 1 for v in both.values())} modules revisited")
     if totals["before"]:
         print(f"revisits after / before: {totals['after'] / totals['before']:.2f}")
 
