@@ -6,15 +6,14 @@ Every arm is one resumable ``catpot eval`` run (records written per batch of pro
   budget from one run, each answer charged the FLOPs spent up to it (``pot.episode``).
 Then per task: accuracy with 95% bootstrap CIs, answers changed vs budget 0, paired bootstraps
 (``evaluation.metrics.paired_bootstrap``) of PoT@u vs budget 0 and vs maj@k / best-of-k at the smallest k whose FLOPs
-reach PoT@u's (the largest k when none does), a table (summary.md, summary.json) and accuracy vs FLOPs
-(accuracy_vs_flops.png). ``--time-limit`` stops starting new arms after that many minutes (rerun to finish).
+reach PoT@u's (the largest k when none does), a table (summary.md, summary.json), accuracy vs FLOPs
+(accuracy_vs_flops.png), each arm's results.json and every arm's records in records.tar.gz. ``--time-limit`` stops starting new arms after that many minutes (rerun to finish).
 Usage: python benchmarks/pot_controls.py [--work outputs/pot_controls] [--out results/pot_controls]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -121,11 +120,20 @@ def analyse(task: str, work: Path, out: Path) -> dict | None:
 
 
 def keep(src: Path, dst: Path) -> None:
-    """Copy an arm's results.json and its gzipped records into the committed results directory."""
+    """Copy an arm's results.json into the committed results directory (its records go into ``records.tar.gz``)."""
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / "results.json", dst / "results.json")
-    # mtime=0: the same records give the same bytes, so a rerun leaves a committed file unchanged
-    (dst / "records.jsonl.gz").write_bytes(gzip.compress((src / "records.jsonl").read_bytes(), mtime=0))
+
+
+def archive_records(summaries: list[dict], work: Path, out: Path) -> None:
+    """Every analysed arm's records, as ``<task>/<arm>/records.jsonl`` in ``out/records.tar.gz`` (the same records
+    give the same bytes, so a rerun leaves the committed file unchanged)."""
+    from core.files import atomic_write_bytes, tar_gz_members
+    from evaluation.records import RECORDS_ARCHIVE
+
+    arms = [(s["task"], arm) for s in summaries for arm in ["baseline", *(f"pot_{r}" for r in s["pot"])]]
+    atomic_write_bytes(out / RECORDS_ARCHIVE, tar_gz_members(
+        {f"{task}/{arm}/records.jsonl": (work / task / arm / "records.jsonl").read_bytes() for task, arm in arms}))
 
 
 def table(summary: dict) -> list[str]:
@@ -208,6 +216,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = [s for s in (analyse(t, Path(args.work), out) for t in ("arithmetic", "gsm8k")) if s]
+    archive_records(summaries, Path(args.work), out)
     (out / "summary.json").write_text(json.dumps({"summaries": summaries, "not_run": skipped,
                                                   "argv": vars(args)}, indent=1) + "\n")
     lines = [line for s in summaries for line in table(s)]

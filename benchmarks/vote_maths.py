@@ -17,19 +17,17 @@ Run in one process on the same data:
    least favourable tie rules everywhere; (b) "after" against a brute-force enumeration with shared ties in exact
    rational arithmetic on small pools (the first 12 samples of problems, every k) and at n = 64 for k ≤ 2 and
    k ≥ 62.
-3. a committed records file (``--records``): both implementations on its default curves.
+3. committed records (``--arm``'s in the archive ``--records``): both implementations on its default curves.
 
 Times are CPU seconds of the process (single-threaded: run with OMP_NUM_THREADS=1).
 Usage: OMP_NUM_THREADS=1 python benchmarks/vote_maths.py [--problems 500] [--before-problems 20]
-       [--records results/arith_g8/baseline.records.jsonl.gz]
+       [--records results/arith_g8/records.tar.gz --arm baseline]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
-import json
 import math
 import random
 import time
@@ -39,6 +37,7 @@ from fractions import Fraction
 import torch
 
 from evaluation.metrics import curves
+from evaluation.records import read_archived_records
 
 # ------------------------------------------------------------------------ before: f25e134, copied verbatim
 
@@ -199,7 +198,8 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--before-problems", type=int, default=20, help="problems the slow 'before' code runs on")
-    parser.add_argument("--records", default="results/arith_g8/baseline.records.jsonl.gz")
+    parser.add_argument("--records", default="results/arith_g8/records.tar.gz", help="a results directory's archive")
+    parser.add_argument("--arm", default="baseline", help="whose records in --records")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -266,10 +266,8 @@ def main() -> None:
     print(f"   {points} points (40 pools of 12 samples, every k; 5 pools of {args.n} at k = 1, 2, "
           f"{args.n - 2}..{args.n}): max |after − brute force| = {worst:.1e}")
 
-    print(f"3. committed records {args.records}")
-    with gzip.open(args.records, "rt") as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    real = lines[1:]
+    print(f"3. committed records {args.records} ({args.arm})")
+    _, real = read_archived_records(args.records, f"{args.arm}.records.jsonl")
     n_real = min(len(r["samples"]) for r in real)
     real_ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n_real]
     before_real, t_before_real = timed(before_curves, real, ["pass", "maj"], real_ks)

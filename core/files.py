@@ -8,7 +8,8 @@
   and the next run takes it; a live holder makes the second run fail with one line naming its pid.
 * ``file_sha256`` / ``tree_sha256``: content hashes (of a file, or of every file under a directory by relative path),
   used where identity must follow the bytes, not the path.
-* ``deterministic_tar_gz``: an archive whose bytes follow the content only, so a rerun leaves a committed file as it was.
+* ``deterministic_tar_gz`` / ``tar_gz_members``: archives (of directories, of named contents) whose bytes follow the
+  content only, so a rerun leaves a committed file as it was.
 """
 
 from __future__ import annotations
@@ -156,26 +157,33 @@ def tree_sha256(directory: str | Path, names: tuple[str, ...] | None = None) -> 
 
 
 def deterministic_tar_gz(directories: list[Path], arcroot: str) -> bytes:
-    """A .tar.gz of ``directories`` under ``arcroot/<name>/``: members sorted, times, owners zero, modes 644/755,
-    symbolic links left out (W&B links its core log into a temporary directory), gzip header without time or name."""
+    """A .tar.gz of ``directories`` under ``arcroot/<name>/``, symbolic links left out (W&B links its core log into a
+    temporary directory); bytes as in ``tar_gz_members``."""
+    members: dict[str, bytes | None] = {}
+    for directory in sorted(directories, key=lambda d: d.name):
+        for path in [directory, *sorted(directory.rglob("*"), key=lambda p: p.relative_to(directory).as_posix())]:
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                continue
+            name = f"{arcroot}/{directory.name}"
+            if path != directory:
+                name += f"/{path.relative_to(directory).as_posix()}"
+            members[name] = None if path.is_dir() else path.read_bytes()
+    return tar_gz_members(members)
+
+
+def tar_gz_members(members: dict[str, bytes | None]) -> bytes:
+    """A .tar.gz of ``{name: content}`` (None: a directory) in the given order: times and owners zero, modes 644/755,
+    gzip header without time or name, so the same members give the same bytes."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in sorted(directories, key=lambda d: d.name):
-            paths = [directory, *sorted(directory.rglob("*"), key=lambda p: p.relative_to(directory).as_posix())]
-            for path in paths:
-                if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                    continue
-                name = f"{arcroot}/{directory.name}"
-                if path != directory:
-                    name += f"/{path.relative_to(directory).as_posix()}"
-                info = tarfile.TarInfo(name)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if path.is_dir():
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
-                else:
-                    data = path.read_bytes()
-                    info.size, info.mode = len(data), 0o644
-                    tar.addfile(info, io.BytesIO(data))
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

@@ -11,15 +11,22 @@ stop string), "stop" (the stop string that ended it, else None), "scores": {scor
 Each line is flushed and fsync'ed. A kill can only tear the last line: on resume it is dropped and the file is
 rewritten atomically (temp file + rename), so the finished records survive a second kill during that rewrite. Any
 other unreadable line is an error naming the file and line, never a silent truncation.
+
+A results directory keeps the records of its evaluations in one archive, ``records.tar.gz`` (``core.files
+.tar_gz_members``): each evaluation's records file, uncompressed, under the name it has next to the summaries
+(``<arm>.records.jsonl``); ``read_archived_records`` reads one back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 from core.files import atomic_write_text, remove_stale_temporaries
+
+RECORDS_ARCHIVE = "records.tar.gz"
 
 
 class RecordsFile:
@@ -94,8 +101,23 @@ def read_records(path: str | Path) -> tuple[dict, list[dict]]:
     return config, records
 
 
+def read_archived_records(archive: str | Path, member: str) -> tuple[dict, list[dict]]:
+    """(config, records) of the records file ``member`` inside a results directory's ``records.tar.gz``."""
+    with tarfile.open(archive) as tar:
+        try:
+            data = tar.extractfile(member).read()
+        except KeyError:
+            raise ValueError(f"records archive {archive} has no {member!r}; it holds {tar.getnames()}") from None
+    config, records, _ = parse_records(Path(archive) / member, _decode(Path(archive) / member, data))
+    return config, records
+
+
 def _read_text(path: Path) -> str:
+    return _decode(path, path.read_bytes())
+
+
+def _decode(path: Path, data: bytes) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"records file {path} is not UTF-8 text (byte {error.start}); the file is damaged") from None

@@ -10,16 +10,17 @@ group ``<DIR name>`` (all seeds) and job type ``<arm>``, unless its recipe sets 
 so W&B can aggregate an arm over seeds and overlay the arms.
 
 ``--results RESULTS`` (default ``results/<DIR name>``) receives, for committing: ``<arm>.json`` (the arm's
-results.json without the step-by-step log), ``<arm>.records.jsonl.gz`` (every sample), ``comparisons.json`` (paired
-bootstrap of each arm against the baseline, per strategy and k), one figure per strategy with 95% intervals and
-``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>.tar.gz``
-with each arm's offline W&B runs (``core.files.deterministic_tar_gz``: the same runs give the same bytes; unpack and
+results.json without the step-by-step log), ``records.tar.gz`` (every arm's ``<arm>.records.jsonl``: every sample,
+read back with ``evaluation.records.read_archived_records``), ``comparisons.json`` (paired bootstrap of each arm
+against the baseline, per strategy and k), one figure per strategy with 95% intervals and
+``difference_vs_baseline.png`` (each arm minus the baseline, with the paired interval), and ``wandb/<arm>.tar.gz`` with
+each arm's offline W&B runs (``core.files.deterministic_tar_gz``: the same runs give the same bytes; unpack and
 ``wandb sync <arm>/offline-run-*`` to upload).
 
 Evaluation along training: every saved ``checkpoint-N`` of an arm is evaluated with the arm's eval settings into
 ``<arm output_dir>/eval/checkpoint-N/`` (``recipes.checkpoint_eval``; the checkpoint holding the final weights is the
-evaluation after training), and ``--results`` also receives ``<arm>.checkpoint-N.json`` and
-``<arm>.checkpoint-N.records.jsonl.gz`` for each of them. ``--jobs J`` evaluates J arms' checkpoints at once, as
+evaluation after training), and ``--results`` also receives ``<arm>.checkpoint-N.json`` for each of them, and
+``<arm>.checkpoint-N.records.jsonl`` in ``records.tar.gz``. ``--jobs J`` evaluates J arms' checkpoints at once, as
 separate processes logging to ``<arm output_dir>.log``.
 
 ``--seeds S1 S2 ...`` runs ``--seed S`` for each (results into ``RESULTS-seedS``, so ``results/NAME-seedS`` by
@@ -30,15 +31,14 @@ each seed and averaged across seeds, and figures.
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.files import atomic_write_bytes, atomic_write_json, deterministic_tar_gz
-from evaluation.records import read_records
+from core.files import atomic_write_bytes, atomic_write_json, deterministic_tar_gz, tar_gz_members
+from evaluation.records import RECORDS_ARCHIVE, read_records
 from recipes.checkpoint_eval import EVAL_DIR, evaluate_checkpoints, pending, step_eval_dirs
 from recipes.config import load_recipe
 from recipes.eval_command import compare_directories, evaluate_model
@@ -187,9 +187,9 @@ def _run_arms(paths: dict[str, Path], arms: dict, arm_overrides: dict[str, list[
         summary = json.loads((directory_ / "results.json").read_text())
         summary["model"] = name
         atomic_write_json(results / f"{name}.json", summary)
-        # mtime=0: the same records give the same bytes, so a rerun leaves the committed file unchanged
-        atomic_write_bytes(results / f"{name}.records.jsonl.gz",
-                           gzip.compress((directory_ / "records.jsonl").read_bytes(), mtime=0))
+    members = {f"{name}.records.jsonl": directory_ / "records.jsonl" for name, directory_ in committed.items()}
+    atomic_write_bytes(results / RECORDS_ARCHIVE,
+                       tar_gz_members({member: members[member].read_bytes() for member in sorted(members)}))
     for name, recipe in arms.items():
         runs = sorted(p for p in (Path(recipe.output_dir) / "wandb").glob("offline-run-*")
                       if p.is_dir() and not p.is_symlink())

@@ -1,6 +1,5 @@
 """`catpot experiment`: every arm trained and evaluated on the same problems, paired comparisons, committed files."""
 
-import gzip
 import json
 import tarfile
 
@@ -8,7 +7,7 @@ import pytest
 import yaml
 
 from evaluation.metrics import paired_bootstrap, problem_values
-from evaluation.records import read_records
+from evaluation.records import RECORDS_ARCHIVE, read_archived_records, read_records
 from recipes.cli import main
 from test_train_pipeline import TINY_RECIPE
 
@@ -33,8 +32,8 @@ def test_experiment_compares_each_arm_with_the_baseline(tmp_path, capsys, jobs):
     for arm in ("baseline", "passn4", "base"):
         summary = json.loads((results / f"{arm}.json").read_text())
         assert summary["model"] == arm and summary["num_problems"] == 3
-        with gzip.open(results / f"{arm}.records.jsonl.gz", "rt") as f:
-            assert sum(1 for line in f if '"samples"' in line) == 3
+        _, records = read_archived_records(results / RECORDS_ARCHIVE, f"{arm}.records.jsonl")
+        assert len(records) == 3 and all(len(r["samples"]) == 4 for r in records)
     for arm in ("baseline", "passn4"):  # the offline W&B run of every trained arm, ready for `wandb sync`
         with tarfile.open(results / "wandb" / f"{arm}.tar.gz") as tar:
             assert any(name.startswith(f"{arm}/offline-run-") and name.endswith(".wandb") for name in tar.getnames())

@@ -14,6 +14,7 @@ import yaml
 
 from recipes.cli import main
 from core.files import deterministic_tar_gz
+from evaluation.records import RECORDS_ARCHIVE, read_archived_records, read_records
 from recipes.seed_analysis import t_quantile
 from test_train_pipeline import TINY_RECIPE
 
@@ -78,6 +79,21 @@ def test_wandb_archive_is_byte_deterministic(tmp_path):
     assert gzip.decompress(first)  # a plain gzip stream
 
 
+def test_records_archive_reads_back_every_record_and_names_a_missing_arm(tmp_path):
+    from core.files import tar_gz_members
+
+    lines = [json.dumps({"config": {"n": 2}}), json.dumps({"id": "p1", "samples": [{"correct": True}]}),
+             json.dumps({"id": "p2", "samples": [{"correct": False}]})]
+    members = {"a.records.jsonl": ("\n".join(lines) + "\n").encode(), "b.records.jsonl": (lines[0] + "\n").encode()}
+    archive = tmp_path / RECORDS_ARCHIVE
+    archive.write_bytes(tar_gz_members(members))
+    assert tar_gz_members(dict(members)) == archive.read_bytes()  # the same members, the same bytes
+    assert read_archived_records(archive, "a.records.jsonl") == ({"n": 2}, [json.loads(x) for x in lines[1:]])
+    assert read_archived_records(archive, "b.records.jsonl") == ({"n": 2}, [])
+    with pytest.raises(ValueError, match=r"has no 'c.records.jsonl'; it holds \['a.records.jsonl', 'b.records.jsonl'\]"):
+        read_archived_records(archive, "c.records.jsonl")
+
+
 def test_seeds_evaluate_every_checkpoint_and_aggregate_over_seeds(tmp_path, capsys):
     arms = tmp_path / "arms"
     arms.mkdir()
@@ -108,7 +124,10 @@ def test_seeds_evaluate_every_checkpoint_and_aggregate_over_seeds(tmp_path, caps
             from recipes.provenance import adapter_fingerprint
 
             assert header["config"]["source"]["trained_weights"] == adapter_fingerprint(run / arm / "checkpoint-1")
-            assert (results.with_name(f"exp-seed{seed}") / f"{arm}.checkpoint-1.records.jsonl.gz").is_file()
+            _, records = read_archived_records(results.with_name(f"exp-seed{seed}") / RECORDS_ARCHIVE,
+                                               f"{arm}.checkpoint-1.records.jsonl")
+            _, final = read_records(run / arm / "eval" / "records.jsonl")
+            assert [r["id"] for r in records] == [r["id"] for r in final]
     summary = json.loads((results / "seeds.json").read_text())
     assert summary["steps"] == [0, 1, 2] and summary["seeds"] == [0, 1] and summary["missing"] == []
     dirs = {(seed, arm, step): (run / "base" / "eval" if step == 0 else

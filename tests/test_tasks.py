@@ -1,7 +1,6 @@
 """Tasks: seeded, disjoint arithmetic splits; GSM8K / MATH / MATH-500 from local JSONL; subsets, few-shot examples
 and prompt rendering; the verifier."""
 
-import gzip
 import hashlib
 import json
 import random
@@ -169,12 +168,12 @@ def test_the_committed_experiment_still_scores_the_same_against_its_recipe_probl
     """The arith_g8 results were sampled from the recipe's problems: today's problems must give every committed
     sample the verdict it was recorded with (a changed problem changes its gold answer or its id). An integer
     answer is right exactly when its canonical key is the gold answer."""
+    from evaluation.records import RECORDS_ARCHIVE, read_archived_records
     from recipes.config import load_recipe
     from recipes.train import load_eval_task
 
     task = load_eval_task(load_recipe(REPO_ROOT / "recipes" / "experiments" / "arith_g8" / "baseline.yaml"))
-    lines = gzip.decompress((REPO_ROOT / "results" / "arith_g8" / "baseline.records.jsonl.gz").read_bytes())
-    records = [json.loads(line) for line in lines.decode().splitlines()[1:]]
+    _, records = read_archived_records(REPO_ROOT / "results" / "arith_g8" / RECORDS_ARCHIVE, "baseline.records.jsonl")
     assert [r["id"] for r in records] == [p.id for p in task.problems] and len(records) == 209
     keyed = [(s["answer_key"] == problem.answer, s["correct"]) for record, problem in zip(records, task.problems)
              for s in record["samples"] if s["answer_key"] is not None]
