@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
-from cat.strategies import canonical_strategy
 from recipes.eval_config import EvalConfig
-from trainers.cat_args import CATGRPOArgs, CATSFTArgs, cat_field_names
+from trainers.cat_args import CATGRPOArgs, CATSFTArgs
 
 
 @dataclass
@@ -93,24 +92,28 @@ class TrainConfig(CATGRPOArgs, CATSFTArgs):
     trl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cat_strategy = canonical_strategy(self.cat_strategy, "train.cat_strategy")
-        self.cat_fields()
+        self.cat_strategy = self.cat_fields()["cat_strategy"]
 
     def cat_fields(self) -> dict[str, Any]:
         """The ``cat_*`` keyword arguments of this algorithm's trainer config, checked by its args class; a field
         only the other algorithm has, set away from its default, is an error."""
         own_cls = CATGRPOArgs if self.algorithm == "grpo" else CATSFTArgs
-        own = cat_field_names(own_cls)
-        for name in cat_field_names(CATSFTArgs if own_cls is CATGRPOArgs else CATGRPOArgs):
-            if name not in own and getattr(self, name) != getattr(TrainConfig, name):
-                raise ValueError(f"train.{name} does not apply to algorithm {self.algorithm!r}, "
-                                 f"got {getattr(self, name)!r}")
-        values = {name: getattr(self, name) for name in own}
+        own = [f.name for f in dataclasses.fields(own_cls)]
+        for other in dataclasses.fields(CATSFTArgs if own_cls is CATGRPOArgs else CATGRPOArgs):
+            if other.name not in own and getattr(self, other.name) != other.default:
+                raise ValueError(f"train.{other.name} does not apply to algorithm {self.algorithm!r}, "
+                                 f"got {getattr(self, other.name)!r}")
+        args = own_cls(**{name: getattr(self, name) for name in own})
         try:
-            own_cls(**values).validate_cat_fields()
+            args.validate_cat_fields(prefix="train.")
         except ValueError as error:
             raise ValueError(f"train.{error}") from None
-        return values
+        return {name: getattr(args, name) for name in own}
+
+    def trainer_arguments(self, config_class: type) -> dict[str, Any]:
+        """The recipe's keyword arguments of ``config_class`` (TRL's config plus the CAT fields): ``trl`` checked
+        against its field types (``check_trl_fields``) and the ``cat_*`` fields (``cat_fields``)."""
+        return {**check_trl_fields(self.trl, config_class), **self.cat_fields()}
 
 
 @dataclass

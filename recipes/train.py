@@ -42,7 +42,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from core.files import atomic_write_json, atomic_write_text, read_json_object
 from core.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
 from recipes import tracking
-from recipes.config import Recipe, check_trl_fields, recipe_from_dict, to_dict
+from recipes.config import Recipe, recipe_from_dict, to_dict
 from recipes.eval_callback import EvalCallback
 from recipes.plotting import plot_training
 from recipes.provenance import check_adapter, model_fingerprint, weights_fingerprint
@@ -153,11 +153,10 @@ def trainer_config(recipe: Recipe) -> CATGRPOConfig | CATSFTConfig:
     """The TRL config of the recipe: ``train.trl`` plus the ``cat_*`` fields, with catpot's defaults underneath."""
     train = recipe.train
     config_class = CATGRPOConfig if train.algorithm == "grpo" else CATSFTConfig
-    trl = check_trl_fields(train.trl, config_class)
     kwargs = {
         "output_dir": recipe.output_dir, "seed": recipe.seed, "data_seed": recipe.seed,
         "run_name": run_label(recipe), "logging_steps": 1, "save_strategy": "steps", "report_to": "none",
-        **trl, **train.cat_fields(),
+        **train.trainer_arguments(config_class),
     }
     if not torch.cuda.is_available():
         kwargs["use_cpu"] = True  # TRL's bf16 default otherwise refuses to build on a CPU-only machine
@@ -170,7 +169,7 @@ def trainer_config(recipe: Recipe) -> CATGRPOConfig | CATSFTConfig:
     try:
         return config_class(**kwargs)
     except (TypeError, ValueError) as error:
-        raise type(error)(_name_trl_field(error, trl)) from None
+        raise type(error)(_name_trl_field(error, train.trl)) from None
 
 
 def _name_trl_field(error: Exception, trl: dict) -> str:

@@ -8,7 +8,7 @@ fields alone determine; checks that need TRL's batch sizes stay in the trainer c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from cat.estimators import P_ESTIMATORS
 from cat.strategies import BON, MAJ, PASS, canonical_strategy
@@ -39,11 +39,6 @@ def _check_budget(n, k, strategies: tuple[str, ...], strategy: str, allow_dynami
     elif k is not None and (not _is_int(k) or not 1 <= k <= n):
         allowed = "None, 'dynamic' or an int" if allow_dynamic else "None or an int"
         raise ValueError(f"cat_k must be {allowed} in [1, cat_n={n}], got {k!r}")
-
-
-def cat_field_names(cls: type) -> list[str]:
-    """The CAT fields an args class declares, in declaration order."""
-    return [f.name for f in fields(cls)]
 
 
 @dataclass
@@ -86,8 +81,9 @@ class CATGRPOArgs:
         },
     )
 
-    def validate_cat_fields(self) -> None:
-        self.cat_strategy = canonical_strategy(self.cat_strategy, "cat_strategy")
+    def validate_cat_fields(self, prefix: str = "") -> None:
+        """Check the fields; a former strategy name becomes the current one (its warning names ``prefix`` + field)."""
+        self.cat_strategy = canonical_strategy(self.cat_strategy, f"{prefix}cat_strategy")
         _check_budget(self.cat_n, self.cat_k, GRPO_STRATEGIES, self.cat_strategy, allow_dynamic=True)
         if self.cat_weight_form not in WEIGHT_FORMS:
             raise ValueError(f"cat_weight_form must be one of {WEIGHT_FORMS}, got {self.cat_weight_form!r}")
@@ -126,8 +122,9 @@ class CATSFTArgs:
         },
     )
 
-    def validate_cat_fields(self) -> None:
-        self.cat_strategy = canonical_strategy(self.cat_strategy, "cat_strategy")
+    def validate_cat_fields(self, prefix: str = "") -> None:
+        """Check the fields; a former strategy name becomes the current one (its warning names ``prefix`` + field)."""
+        self.cat_strategy = canonical_strategy(self.cat_strategy, f"{prefix}cat_strategy")
         _check_budget(self.cat_n, self.cat_k, SFT_STRATEGIES, self.cat_strategy, allow_dynamic=False)
         if self.cat_reduction not in REDUCTIONS:
             raise ValueError(f"cat_reduction must be one of {REDUCTIONS}, got {self.cat_reduction!r}")
