@@ -7,7 +7,8 @@ Every arm is one resumable ``catpot eval`` run (records written per batch of pro
 Then per task: accuracy with 95% bootstrap CIs, answers changed vs budget 0, paired bootstraps
 (``evaluation.metrics.paired_bootstrap``) of PoT@u vs budget 0 and vs maj@k / best-of-k at the smallest k whose FLOPs
 reach PoT@u's (the largest k when none does), a table (summary.md, summary.json), accuracy vs FLOPs
-(accuracy_vs_flops.png), each arm's results.json and every arm's records in records.tar.gz. ``--time-limit`` stops starting new arms after that many minutes (rerun to finish).
+(accuracy_vs_flops.png), each arm's results.json and every arm's records in records.tar.gz. ``--time-limit`` stops
+starting new arms after that many minutes (rerun to finish).
 Usage: python benchmarks/pot_controls.py [--work outputs/pot_controls] [--out results/pot_controls]
 """
 

@@ -12,9 +12,9 @@ Each line is flushed and fsync'ed. A kill can only tear the last line: on resume
 rewritten atomically (temp file + rename), so the finished records survive a second kill during that rewrite. Any
 other unreadable line is an error naming the file and line, never a silent truncation.
 
-A results directory keeps the records of its evaluations in one archive, ``records.tar.gz`` (``core.files
-.tar_gz_members``): each evaluation's records file, uncompressed, under the name it has next to the summaries
-(``<arm>.records.jsonl``); ``read_archived_records`` reads one back.
+A results directory keeps the records of its evaluations in one archive, ``records.tar.gz``
+(``core.files.tar_gz_members``): each evaluation's records file, uncompressed, named after its summary
+(``<arm>.records.jsonl`` next to ``<arm>.json``); ``read_archived_records`` reads one back.
 """
 
 from __future__ import annotations

@@ -29,8 +29,7 @@ BOOKKEEPING = frozenset({MARKER_FILE, LOCK_FILE})  # what a start that failed be
 # What an older catpot's run directory (without a marker) holds, by kind; an experiment's results directory may also
 # hold only what the benchmarks that designed it wrote there (benchmarks/*_pilot.py, benchmarks/sft_sizing.py).
 LEGACY_SIGNS = {"train": ("recipe.yaml",), "eval": ("records.jsonl",),
-                "experiment": ("comparisons.json", "records.tar.gz", "*.records.jsonl.gz", "pilot.json",
-                               "sizing.json")}
+                "experiment": ("comparisons.json", "*.records.jsonl.gz", "pilot.json", "sizing.json")}
 
 
 def catpot_version() -> str:
