@@ -133,6 +133,8 @@ def archive_records(summaries: list[dict], work: Path, out: Path) -> None:
     from evaluation.records import RECORDS_ARCHIVE
 
     arms = [(s["task"], arm) for s in summaries for arm in ["baseline", *(f"pot_{r}" for r in s["pot"])]]
+    if not arms:
+        return
     atomic_write_bytes(out / RECORDS_ARCHIVE, tar_gz_members(
         {f"{task}/{arm}/records.jsonl": (work / task / arm / "records.jsonl").read_bytes() for task, arm in arms}))
 
