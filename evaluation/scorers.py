@@ -11,12 +11,12 @@ Weighted majority vote turns each score into a vote weight (``evaluation.metrics
 
 from __future__ import annotations
 
-
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from evaluation.config import check_scorer
 from evaluation.sampling import Sample
+
 
 class RewardModelScorer:
     """Scores (prompt, completion) pairs with a sequence-classification reward model's single logit."""

@@ -95,13 +95,11 @@ NON_DEFAULT = {
 @pytest.mark.parametrize("algorithm", ["grpo", "sft"])
 def test_every_cat_field_reaches_the_trainer_config_from_a_recipe(algorithm):
     from recipes.train import trainer_config
-    from dataclasses import fields
-
     from trainers.cat_args import CATGRPOArgs, CATSFTArgs
 
     args_cls = CATGRPOArgs if algorithm == "grpo" else CATSFTArgs
     values = NON_DEFAULT[algorithm]
-    assert sorted(values) == sorted(f.name for f in fields(args_cls))
+    assert sorted(values) == sorted(f.name for f in dataclasses.fields(args_cls))
     assert all(values[name] != getattr(args_cls, name) for name in values)
     overrides = [f"train.algorithm={algorithm}", "train.trl.per_device_train_batch_size=8",
                  *(f"train.{name}={value}" for name, value in values.items())]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from recipes.cli import main
-from core.files import deterministic_tar_gz
+from core.files import deterministic_tar_gz, tar_gz_members
 from evaluation.records import RECORDS_ARCHIVE, read_archived_records, read_records
 from recipes.seed_analysis import t_quantile
 from test_train_pipeline import TINY_RECIPE
@@ -80,8 +80,6 @@ def test_wandb_archive_is_byte_deterministic(tmp_path):
 
 
 def test_records_archive_reads_back_every_record_and_names_a_missing_arm(tmp_path):
-    from core.files import tar_gz_members
-
     lines = [json.dumps({"config": {"n": 2}}), json.dumps({"id": "p1", "samples": [{"correct": True}]}),
              json.dumps({"id": "p2", "samples": [{"correct": False}]})]
     members = {"a.records.jsonl": ("\n".join(lines) + "\n").encode(), "b.records.jsonl": (lines[0] + "\n").encode()}

@@ -16,7 +16,8 @@ from recipes.eval_config import POT_FROM_EVAL, EvalConfig, pot_option_names
 from recipes.flags import flag_name
 
 EVAL = {
-    "n": 8, "remove_finished": False, "ks": [1, 2], "strategies": ["pass", "wmaj"], "scorer": "mean_logprob", "answer_mode": "strict",
+    "n": 8, "remove_finished": False, "ks": [1, 2], "strategies": ["pass", "wmaj"], "scorer": "mean_logprob",
+    "answer_mode": "strict",
     "backend": "vllm", "max_new_tokens": 32, "temperature": 0.7, "top_p": 0.9, "seed": 3, "prompts_per_batch": 2,
     "cache": "static", "compile": True, "stop": ["\n\n", "Q:"], "pot_updates": [0, 2], "pot_runs": 2,
     "pot_segment_tokens": 16, "pot_mode": "episode", "pot_reward": "verifier", "pot_group_size": 4, "pot_lr": 0.01,
