@@ -129,8 +129,10 @@ def report(path: str, before: dict, after: dict) -> None:
         returns = Counter(entry.split(":", 1)[0] for entries in result["entries"].values() for entry in entries)
         both = {m: len(result["entries"].get(m, ())) + returns.get(m, 0) for m in set(result["entries"]) | set(returns)
                 if m != "a library"}
-        print(f"{name}: {modules_seen} modules, {total} visits, {total - modules_seen} revisits; with returns "
-              f"{sum(v - 1 for v in both.values())} revisits, {sum(v > 1 for v in both.values())} modules revisited")
+        again = sum(len(e) > 1 for e in result["entries"].values())
+        print(f"{name}: {modules_seen} modules, {total} visits, {total - modules_seen} revisits in {again} modules; "
+              f"with returns {sum(v - 1 for v in both.values())} revisits in {sum(v > 1 for v in both.values())} "
+              "modules")
     if totals["before"]:
         print(f"revisits after / before: {totals['after'] / totals['before']:.2f}")
 

@@ -36,7 +36,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import yaml
@@ -44,7 +44,7 @@ import yaml
 from core.files import atomic_write_json
 from core.models import load_pretrained
 from evaluation.records import read_records
-from recipes.config import recipe_from_dict, to_dict
+from recipes.config import recipe_from_dict
 from recipes.eval_command import evaluate_model
 from recipes.train import load_eval_task, train
 
@@ -106,7 +106,7 @@ def fallback(report: dict) -> str:
 def run_candidate(candidate: dict, entry: dict, baseline: dict, args, pilot_root: Path, save) -> None:
     out = pilot_root / candidate["name"]
     recipe = candidate_recipe(baseline, candidate, args, out)
-    entry["recipe"] = to_dict(recipe)
+    entry["recipe"] = asdict(recipe)
     load = os.getloadavg()[0]
     summary = train(recipe, resume=True)
     runtime = next((e["train_runtime"] for e in summary["train"]["log_history"] if "train_runtime" in e), None)

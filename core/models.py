@@ -21,6 +21,7 @@ import tempfile
 import time
 from copy import deepcopy
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel,
@@ -232,6 +233,23 @@ def resolve_load_in_4bit(load_in_4bit: bool | str, device: str) -> bool:
     if isinstance(load_in_4bit, bool):
         return load_in_4bit
     raise ValueError(f"model.load_in_4bit must be 'auto', true or false, got {load_in_4bit!r}")
+
+
+class ModelSettings(NamedTuple):
+    """A model section resolved for one device: where the weights come from, the dtype, and whether NF4 is on."""
+
+    source: str  # "embedded:<name>", "local:<path>" or "hub:<id>"
+    dtype: torch.dtype
+    load_in_4bit: bool
+
+
+def resolve_model(name: str, dtype: str | torch.dtype = "auto", load_in_4bit: bool | str = "auto",
+                  device: str | None = None) -> ModelSettings:
+    """Check a model section without loading anything, and resolve its ``"auto"`` values for ``device`` (CUDA when
+    there is one); an unknown name, dtype or 4-bit value is a one-line error naming the ``model.*`` field."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ModelSettings(resolve_model_name(name), resolve_dtype(dtype, device),
+                         resolve_load_in_4bit(load_in_4bit, device))
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | Path | None = None) -> str:

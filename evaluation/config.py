@@ -1,4 +1,5 @@
-"""The settings of the sampler and the metrics, declared once: ``SamplingConfig`` and the names every check uses.
+"""The settings of the sampler and the metrics, declared once: ``SamplingConfig`` (what to sample),
+``MetricsConfig`` (what to compute from the samples) and the names every check uses.
 
 Light on purpose (no transformers): loading a recipe imports this module, not the sampler. The strategy names come
 from ``cat.strategies``, shared with training; ``avg`` and ``wmaj`` are metrics that no trainer targets.
@@ -83,3 +84,30 @@ class SamplingConfig:
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"{where}.stop must be a list of non-empty strings, got {self.stop!r}")
         self.stop = list(self.stop)
+
+
+@dataclass
+class MetricsConfig(SamplingConfig):
+    """The samples (``SamplingConfig``) and the test-time metrics computed from them (``evaluation.metrics.curves``):
+    each strategy's accuracy at every k, with ``scorer`` ranking the samples of ``bon`` and ``wmaj``.
+
+    ``STRATEGIES`` holds the names a subclass accepts (``recipes.eval_config.EvalConfig`` adds ``pot``).
+    """
+
+    SECTION: ClassVar[str] = "metrics"
+    STRATEGIES: ClassVar[tuple[str, ...]] = STRATEGIES
+
+    n: int = field(default=64, metadata=help_metadata("samples per problem"))  # enough for the default ks
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+                          metadata=help_metadata("the k of every curve (<= n)"))
+    strategies: list[str] = field(default_factory=lambda: ["pass", "maj", "bon"],
+                                  metadata=help_metadata(f"from {','.join(STRATEGIES)}, or pot (catpot eval)"))
+    scorer: str = field(default="oracle", metadata=help_metadata("|".join(SCORERS) + ": the score of bon and wmaj"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.ks = check_ks(list(self.ks), self.n)
+        for strategy in self.strategies:
+            if strategy not in self.STRATEGIES:
+                raise ValueError(f"{self.SECTION}.strategies must be from {self.STRATEGIES}, got {strategy!r}")
+        check_scorer(self.scorer)

@@ -411,7 +411,3 @@ def resolve_recipe_path(path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     raise FileNotFoundError(f"recipe file not found: {path}")
-
-
-def to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)

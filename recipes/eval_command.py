@@ -64,17 +64,16 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     answers and the library versions all match.
     """
     from evaluation.scorers import RewardModelScorer
-    from recipes.provenance import prompts_sha256, run_provenance
+    from recipes.provenance import run_provenance
     from recipes.run_dir import claim
 
     if not task.problems:
         raise ValueError(f"task {task.name!r} has no problems")
     out = Path(out_dir)
     claim(out, "eval", "evaluation directory")
-    prompts_hash = prompts_sha256(task, tokenizer)
+    provenance = run_provenance(task, tokenizer, source or {})
     device = model.device.type if hasattr(model, "device") else eval_cfg.backend
-    identity = records_identity(eval_cfg, model_name, task, prompts_hash, source or {}, device)
-    provenance = run_provenance(task, tokenizer, source or {}, prompts_hash)
+    identity = records_identity(eval_cfg, model_name, task, provenance, device)
     records = RecordsFile(out / "records.jsonl", identity, provenance)
     reward_model = None
     if eval_cfg.scorer.startswith("reward_model:"):
@@ -112,18 +111,19 @@ def evaluate_model(model, tokenizer, task, eval_cfg: EvalConfig, out_dir: str | 
     return results
 
 
-def records_identity(eval_cfg: EvalConfig, model_name: str, task, prompts_hash: str, source: dict,
-                     device: str) -> dict:
+def records_identity(eval_cfg: EvalConfig, model_name: str, task, provenance: dict, device: str) -> dict:
     """What the samples of ``records.jsonl`` depend on; records are resumed only under the same identity.
 
-    The metrics (``ks``, ``strategies``) and when training evaluates (``every_steps``) do not change the samples;
-    fields added after records were first written are left out at their defaults, so those records stay resumable.
+    From ``provenance`` (``recipes.provenance.run_provenance``): the rendered prompts' hash, the model's ``source``
+    and the versions of catpot, transformers and torch. The metrics (``ks``, ``strategies``) and when training
+    evaluates (``every_steps``) do not change the samples; fields added after records were first written are left
+    out at their defaults, so those records stay resumable.
     """
-    from recipes.provenance import library_versions
-
+    packages = provenance["packages"]
+    versions = {"catpot": provenance["catpot"], "transformers": packages["transformers"], "torch": packages["torch"]}
     identity = {**asdict(eval_cfg), "model": model_name, "task": task.name,
-                "problem_ids": [p.id for p in task.problems], "prompts_sha256": prompts_hash, "source": source,
-                "versions": library_versions(), "device": device}
+                "problem_ids": [p.id for p in task.problems], "prompts_sha256": provenance["prompts_sha256"],
+                "source": provenance["source"], "versions": versions, "device": device}
     identity.pop("ks"), identity.pop("strategies")
     identity.pop("every_steps", None)
     defaults = {f.name: field_default(f) for f in fields(EvalConfig)}

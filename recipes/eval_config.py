@@ -1,6 +1,6 @@
 """``EvalConfig``: the ``eval`` section of a recipe and the flags of ``catpot eval`` (``recipes.flags`` derives them
-from its fields), declared once. It is the sampler's ``SamplingConfig`` (it extends it) and builds PoT's
-``PoTConfig``.
+from its fields), declared once. It is the evaluation's ``MetricsConfig`` (it extends it: the sampler's settings and
+the metrics) and builds PoT's ``PoTConfig``.
 
 Light on purpose (no transformers): loading a recipe imports this module, not the sampler.
 """
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from evaluation.config import ANSWER_MODES, SCORERS, STRATEGIES, SamplingConfig, check_ks, check_scorer, help_metadata
+from evaluation.config import ANSWER_MODES, STRATEGIES, MetricsConfig, help_metadata
 from pot.config import PoTConfig
 
 # PoTConfig fields an EvalConfig sets itself: from a pot_* field of its own, or from the evaluation's sampling
@@ -22,23 +22,19 @@ POT_FROM_EVAL = {"mode": "pot_mode", "reward": "pot_reward", "group_size": "pot_
 
 
 @dataclass
-class EvalConfig(SamplingConfig):
+class EvalConfig(MetricsConfig):
     """The ``eval`` section of a recipe / the flags of ``catpot eval`` (``--<field>`` with dashes).
 
-    Sampling: the fields of ``SamplingConfig``, inherited with their help and checks (``n`` defaults to 64 here).
+    Sampling and metrics: the fields of ``MetricsConfig``, inherited with their help and checks (``strategies`` may
+    also hold ``pot``).
     PoT: the ``pot_*`` fields are the knobs an evaluation usually varies, with ``PoTConfig``'s defaults and checks;
     every other ``pot.PoTConfig`` field (adapter rank, targets, cap, baseline, ...) is set through ``pot_options``
     (``--pot-option KEY=VALUE``).
     """
 
     SECTION: ClassVar[str] = "eval"
+    STRATEGIES: ClassVar[tuple[str, ...]] = (*STRATEGIES, "pot")
 
-    n: int = field(default=64, metadata=help_metadata("samples per problem"))
-    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
-                          metadata=help_metadata("the k of every curve (<= n)"))
-    strategies: list[str] = field(default_factory=lambda: ["pass", "maj", "bon"],
-                                  metadata=help_metadata(f"from {','.join((*STRATEGIES, 'pot'))}"))
-    scorer: str = field(default="oracle", metadata=help_metadata("|".join(SCORERS) + ": the score of bon and wmaj"))
     answer_mode: str = field(default="flexible", metadata=help_metadata(
         "flexible (last number as fallback) | strict (boxed or a final-answer statement only; unfinished outputs "
         "are wrong)"))
@@ -65,17 +61,12 @@ class EvalConfig(SamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.ks = check_ks(list(self.ks), self.n)
-        for strategy in self.strategies:
-            if strategy not in (*STRATEGIES, "pot"):
-                raise ValueError(f"eval.strategies must be from {(*STRATEGIES, 'pot')}, got {strategy!r}")
         for budget in self.pot_updates:
             if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
                 raise ValueError(f"eval.pot_updates must hold ints >= 0, got {budget!r}")
         if isinstance(self.pot_runs, bool) or not isinstance(self.pot_runs, int) or self.pot_runs < 1:
             raise ValueError(f"eval.pot_runs must be a positive int, got {self.pot_runs!r}")
         self._check_pot()
-        check_scorer(self.scorer)
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"eval.answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}")
         if self.backend == "vllm" and "pot" in self.strategies:

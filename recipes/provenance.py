@@ -21,8 +21,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from core import CATPOT_VERSION
 from core.files import file_sha256, tree_sha256
-from recipes.run_dir import BOOKKEEPING, catpot_version
+from recipes.run_dir import BOOKKEEPING
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 SMALL_FILE = 8 << 20  # files up to this size are hashed in full
@@ -31,13 +32,6 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "math-verify", "bitsandbytes", "wandb",
             "vllm", "deepspeed")
 CHECKOUT = Path(__file__).resolve().parents[1]  # the directory holding the catpot packages
-
-
-def library_versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"catpot": catpot_version(), "transformers": transformers.__version__, "torch": torch.__version__}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -77,12 +71,12 @@ def chat_template_sha256(tokenizer) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_provenance(task, tokenizer, source: dict, prompts_hash: str | None = None) -> dict:
+def run_provenance(task, tokenizer, source: dict) -> dict:
     """What produced an evaluation, for ``results.json`` and the records header (see ``recipes.eval_command``)."""
-    return {"catpot": catpot_version(), "git": git_revision(), "packages": package_versions(), "source": source,
+    return {"catpot": CATPOT_VERSION, "git": git_revision(), "packages": package_versions(), "source": source,
             "data": dict(task.data_sha256), "chat_template": task.chat_template,
             "chat_template_sha256": chat_template_sha256(tokenizer) if task.chat_template else None,
-            "prompts_sha256": prompts_hash or prompts_sha256(task, tokenizer)}
+            "prompts_sha256": prompts_sha256(task, tokenizer)}
 
 
 def sampled_sha256(path: str | Path, samples: int = 16, sample_bytes: int = 1 << 16) -> str:

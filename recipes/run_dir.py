@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core import CATPOT_VERSION
 from core.files import LOCK_FILE, DirectoryLock, atomic_write_json
 
 MARKER_FILE = ".catpot-run"
@@ -30,15 +31,6 @@ BOOKKEEPING = frozenset({MARKER_FILE, LOCK_FILE})  # what a start that failed be
 # hold only what the benchmarks that designed it wrote there (benchmarks/*_pilot.py, benchmarks/sft_sizing.py).
 LEGACY_SIGNS = {"train": ("recipe.yaml",), "eval": ("records.jsonl",),
                 "experiment": ("comparisons.json", "*.records.jsonl.gz", "pilot.json", "sizing.json")}
-
-
-def catpot_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("catpot")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def read_marker(directory: str | Path) -> dict | None:
@@ -57,7 +49,7 @@ def read_marker(directory: str | Path) -> dict | None:
 
 def write_marker(directory: str | Path, kind: str) -> None:
     atomic_write_json(Path(directory) / MARKER_FILE,
-                      {"kind": kind, "catpot": catpot_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                      {"kind": kind, "catpot": CATPOT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def has_content(directory: str | Path) -> bool:

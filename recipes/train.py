@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,9 +40,9 @@ from transformers import set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
 from core.files import atomic_write_json, atomic_write_text, read_json_object
-from core.models import load_pretrained, resolve_dtype, resolve_load_in_4bit, resolve_model_name
+from core.models import load_pretrained, resolve_model
 from recipes import tracking
-from recipes.config import Recipe, recipe_from_dict, to_dict
+from recipes.config import Recipe, recipe_from_dict
 from recipes.eval_callback import EvalCallback
 from recipes.plotting import plot_training
 from recipes.provenance import check_adapter, model_fingerprint, weights_fingerprint
@@ -75,10 +75,7 @@ def check_recipe(recipe: Recipe, *, dry_run: bool = False) -> Prepared:
     training rows, the trainer and LoRA configs. ``--dry-run`` stops here (an adapter that an earlier recipe of a
     chain has yet to train may be missing then); ``train`` runs it before touching ``output_dir``."""
     m = recipe.model
-    model = resolve_model_name(m.name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolve_dtype(m.dtype, device)
-    resolve_load_in_4bit(m.load_in_4bit, device)
+    model = resolve_model(m.name, m.dtype, m.load_in_4bit).source
     if m.adapter and not (dry_run and not Path(m.adapter).exists()):
         check_adapter(m.adapter, "model.adapter")
     task = load_train_task(recipe)
@@ -134,7 +131,7 @@ def _completed_recipe(saved: dict) -> dict:
     try:
         with warnings.catch_warnings():  # a former name in the pinned copy is not the user's to change
             warnings.simplefilter("ignore", FutureWarning)
-            return to_dict(recipe_from_dict(saved))
+            return asdict(recipe_from_dict(saved))
     except (KeyError, TypeError, ValueError):
         return saved
 
@@ -287,7 +284,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> d
     with open_run_dir(out, "train", "output_dir", resume=resume, overwrite=overwrite):
         saved = out / RECIPE_FILE
         if saved.is_file():
-            _check_same_recipe(_completed_recipe(_saved_recipe(saved)), to_dict(recipe), saved)
+            _check_same_recipe(_completed_recipe(_saved_recipe(saved)), asdict(recipe), saved)
         if resume and (out / RESULTS_FILE).is_file() and (out / FINAL_DIR).is_dir():
             print(f"{out}: already complete (results.json and final/ exist); nothing to resume")
             return json.loads((out / RESULTS_FILE).read_text())
@@ -308,10 +305,10 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
                   "completing what is missing (final/, evaluation, results.json)")
             if prepared.eval_task is not None:  # the evaluation is all that is left to log
                 model, tokenizer = load_trained(recipe, final)
-                run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
+                run = tracking.start_run(recipe.logging, asdict(recipe), out, run_label(recipe))
         else:
             model, tokenizer = load_model(recipe)
-            run = tracking.start_run(recipe.logging, to_dict(recipe), out, run_label(recipe))
+            run = tracking.start_run(recipe.logging, asdict(recipe), out, run_label(recipe))
             prepared.args.report_to = ["wandb"] if run is not None else []  # TRL's W&B logging goes into our run
             trainer = build_trainer(recipe, model, tokenizer, prepared)
             if run is not None:
@@ -320,7 +317,7 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
                 trainer.add_callback(EvalCallback(recipe, prepared.eval_task, tokenizer, out / "eval", run,
                                                   source=base_eval_source(recipe), label=run_label(recipe)))
             if not (out / RECIPE_FILE).is_file():  # the run starts here: from now on --resume continues it
-                atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(to_dict(recipe), sort_keys=False))
+                atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(asdict(recipe), sort_keys=False))
             if checkpoint:
                 print(f"resuming from {checkpoint}")
             began = time.perf_counter()
@@ -328,7 +325,7 @@ def _train_and_evaluate(recipe: Recipe, prepared: Prepared, out: Path, resume: b
             train_section = train_summary(trainer.state.log_history, time.perf_counter() - began)
             _save_final(final, train_section, trainer.save_model)
             model = trainer.model
-        summary = {"model": run_label(recipe), "recipe": to_dict(recipe), "train": train_section}
+        summary = {"model": run_label(recipe), "recipe": asdict(recipe), "train": train_section}
         plot_training(train_section["log_history"], out / "training_curves.png", run_label(recipe))
         if prepared.eval_task is not None:
             from recipes.eval_command import evaluate_model
@@ -378,9 +375,9 @@ def base_eval_source(recipe: Recipe) -> dict:
     """What an evaluation of the recipe's base model samples from, by content: the model, its precision, and the
     task options and data behind the prompts (``recipes.provenance``)."""
     m, fields = recipe.model, _eval_task_fields(recipe)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"base_model": model_fingerprint(m.name, m.cache_dir), "dtype": str(resolve_dtype(m.dtype, device)),
-            "load_in_4bit": resolve_load_in_4bit(m.load_in_4bit, device), "task_options": fields["options"],
+    settings = resolve_model(m.name, m.dtype, m.load_in_4bit)
+    return {"base_model": model_fingerprint(m.name, m.cache_dir), "dtype": str(settings.dtype),
+            "load_in_4bit": settings.load_in_4bit, "task_options": fields["options"],
             "data_dir": str(Path(fields["data_dir"]).expanduser().resolve()) if fields["data_dir"] else None}
 
 

@@ -151,6 +151,15 @@ def test_bad_eval_config(kwargs, message):
         EvalConfig(**kwargs)
 
 
+def test_pot_is_a_strategy_of_catpot_eval_only():
+    from evaluation.config import STRATEGIES, MetricsConfig
+
+    assert EvalConfig(strategies=[*STRATEGIES, "pot"]).strategies == [*STRATEGIES, "pot"]
+    assert MetricsConfig(n=4, ks=[4, 1, 1], strategies=list(STRATEGIES)).ks == [1, 4]
+    with pytest.raises(ValueError, match=r"^metrics.strategies must be from \('pass', .*\), got 'pot'$"):
+        MetricsConfig(strategies=["pot"])
+
+
 def test_bad_inputs_one_line_errors(tiny, tmp_path):
     model, tok = tiny
     with pytest.raises(ValueError, match="task 'empty' has no problems"):

@@ -4,14 +4,14 @@ import dataclasses
 
 import pytest
 
-from recipes.config import RECIPES_DIR, load_recipe, to_dict
+from recipes.config import RECIPES_DIR, load_recipe
 from recipes.train import load_eval_task, load_train_task
 
 EXPERIMENTS = sorted(p for p in (RECIPES_DIR / "experiments").iterdir() if p.is_dir())
 
 
 def _without_objective(recipe) -> dict:
-    data = to_dict(recipe)
+    data = dataclasses.asdict(recipe)
     data["train"] = {k: v for k, v in data["train"].items() if not k.startswith("cat_") or k == "cat_reduction"}
     data.pop("output_dir")
     return data

@@ -35,6 +35,17 @@ def test_missing_gguf_file_says_how_to_install(monkeypatch, tmp_path):
         models.embedded_gguf()
 
 
+def test_a_model_section_resolves_per_device_without_loading():
+    assert models.resolve_model("tiny-llama", "auto", "auto", "cpu") == ("embedded:tiny-llama", torch.float32, False)
+    assert models.resolve_model("org/name", "bf16", "auto", "cuda") == ("hub:org/name", torch.bfloat16, True)
+    assert models.resolve_model("org/name", torch.float16, False, "cuda").dtype == torch.float16
+    for kwargs, field in ((dict(name="a/b/c"), "model.name"), (dict(dtype="half"), "model.dtype"),
+                          (dict(load_in_4bit="no"), "model.load_in_4bit")):
+        with pytest.raises(ValueError, match=rf"^{field}[: ]") as err:
+            models.resolve_model(**{"name": "tiny-llama", **kwargs})
+        assert "\n" not in str(err.value)
+
+
 def test_load_in_4bit_auto_is_off_on_cpu():
     assert models.resolve_load_in_4bit("auto", "cpu") is False
     assert models.resolve_load_in_4bit("auto", "cuda") is True

@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
 from recipes.cli import main
-from recipes.config import recipe_from_dict, to_dict
+from recipes.config import recipe_from_dict
 from recipes.train import _check_same_recipe, _completed_recipe, last_complete_checkpoint, trainer_config
 
 TINY_RECIPE = {
@@ -76,33 +77,33 @@ def test_resume_refuses_a_changed_recipe(tmp_path, capsys):
     recipe = _write_recipe(tmp_path)
     (tmp_path / "run").mkdir()
     earlier = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"), "seed": 7})
-    (tmp_path / "run" / "recipe.yaml").write_text(json.dumps(to_dict(earlier)))
+    (tmp_path / "run" / "recipe.yaml").write_text(json.dumps(asdict(earlier)))
     assert main(["train", str(recipe), "--resume"]) == 2
     assert "seed is 0" in capsys.readouterr().err
 
 
 def test_resume_accepts_a_pinned_recipe_from_before_a_field_existed_only_at_that_fields_default(tmp_path):
     current = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run")})
-    older = to_dict(current)
+    older = asdict(current)
     del older["eval"]["pot_answer"], older["train"]["cat_correct_threshold"]  # fields a later catpot added
     path = tmp_path / "run" / "recipe.yaml"
-    _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+    _check_same_recipe(_completed_recipe(older), asdict(current), path)
     changed = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run"),
                                 "eval": {**TINY_RECIPE["eval"], "pot_answer": "sample"}})
     with pytest.raises(ValueError, match="eval.pot_answer is .sample."):
-        _check_same_recipe(_completed_recipe(older), to_dict(changed), path)
+        _check_same_recipe(_completed_recipe(older), asdict(changed), path)
 
 
 def test_resume_accepts_a_pinned_recipe_that_names_the_strategy_by_its_former_name(tmp_path, recwarn):
     current = recipe_from_dict({**TINY_RECIPE, "output_dir": str(tmp_path / "run")})
-    older = to_dict(current)
+    older = asdict(current)
     older["train"]["cat_strategy"] = "passn"  # the former name of pass
     path = tmp_path / "run" / "recipe.yaml"
-    _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+    _check_same_recipe(_completed_recipe(older), asdict(current), path)
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # the pinned copy is not the user's
     older["train"]["cat_strategy"] = "majority"
     with pytest.raises(ValueError, match="train.cat_strategy is 'pass' but .* has 'maj'"):
-        _check_same_recipe(_completed_recipe(older), to_dict(current), path)
+        _check_same_recipe(_completed_recipe(older), asdict(current), path)
 
 
 def test_sft_run_on_gold_answers(tmp_path):
