@@ -203,6 +203,10 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_model_name(name: str) -> str:
     """Check a model reference without downloading: an embedded name, a local directory, or an ``org/name`` Hub id."""
     if name in EMBEDDED or name == TINY:
@@ -247,7 +251,7 @@ def resolve_model(name: str, dtype: str | torch.dtype = "auto", load_in_4bit: bo
                   device: str | None = None) -> ModelSettings:
     """Check a model section without loading anything, and resolve its ``"auto"`` values for ``device`` (CUDA when
     there is one); an unknown name, dtype or 4-bit value is a one-line error naming the ``model.*`` field."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     return ModelSettings(resolve_model_name(name), resolve_dtype(dtype, device),
                          resolve_load_in_4bit(load_in_4bit, device))
 
@@ -275,7 +279,7 @@ def load_pretrained(
     The model comes without adapters: the trainers add LoRA from their ``peft_config`` (TRL handles 4-bit
     adapters (bf16 adapters, input gradients) there).
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if name_or_path == TINY:
         from core.tiny_llama import tiny_llama

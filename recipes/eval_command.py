@@ -347,7 +347,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def run_eval(args: argparse.Namespace) -> dict:
     from recipes import tracking
-    from core.models import load_pretrained, resolve_dtype
+    from core.models import load_pretrained, resolve_model
     from recipes.provenance import adapter_fingerprint, model_fingerprint
     from recipes.run_dir import open_run_dir
     from recipes.tasks import load_task
@@ -362,7 +362,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         raise ValueError(f"--task {args.task!r} (split {args.split!r}) has no problems")
     source = {"model": model_fingerprint(args.model),
               "adapter": adapter_fingerprint(args.adapter, "--adapter") if args.adapter else None,
-              "dtype": args.dtype if cfg.backend == "vllm" else str(resolve_dtype(args.dtype, _device())),
+              "dtype": args.dtype if cfg.backend == "vllm" else str(resolve_model(args.model, args.dtype, False).dtype),
               "task_options": options,
               "data_dir": str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None}
     with open_run_dir(args.out, "eval", "--out", resume=True):
@@ -385,12 +385,6 @@ def run_eval(args: argparse.Namespace) -> dict:
             tracking.finish(run)
     print_results_table(results)
     return results
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts (besides 1)
