@@ -92,23 +92,26 @@ class TrainConfig(CATGRPOArgs, CATSFTArgs):
     trl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cat_strategy = self.cat_fields()["cat_strategy"]
-
-    def cat_fields(self) -> dict[str, Any]:
-        """The ``cat_*`` keyword arguments of this algorithm's trainer config, checked by its args class; a field
-        only the other algorithm has, set away from its default, is an error."""
+        """Check the ``cat_*`` fields with this algorithm's args class (errors name ``train.<field>``) and keep the
+        values it settles on (a former strategy name becomes the current one); a field only the other algorithm has,
+        set away from its default, is an error."""
         own_cls = CATGRPOArgs if self.algorithm == "grpo" else CATSFTArgs
-        own = [f.name for f in dataclasses.fields(own_cls)]
+        own = self.cat_fields()
         for other in dataclasses.fields(CATSFTArgs if own_cls is CATGRPOArgs else CATGRPOArgs):
             if other.name not in own and getattr(self, other.name) != other.default:
                 raise ValueError(f"train.{other.name} does not apply to algorithm {self.algorithm!r}, "
                                  f"got {getattr(self, other.name)!r}")
-        args = own_cls(**{name: getattr(self, name) for name in own})
+        args = own_cls(**own)
         try:
             args.validate_cat_fields(prefix="train.")
         except ValueError as error:
             raise ValueError(f"train.{error}") from None
-        return {name: getattr(args, name) for name in own}
+        self.cat_strategy = args.cat_strategy
+
+    def cat_fields(self) -> dict[str, Any]:
+        """The ``cat_*`` keyword arguments of this algorithm's trainer config (checked when the section was built)."""
+        own_cls = CATGRPOArgs if self.algorithm == "grpo" else CATSFTArgs
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(own_cls)}
 
     def trainer_arguments(self, config_class: type) -> dict[str, Any]:
         """The recipe's keyword arguments of ``config_class`` (TRL's config plus the CAT fields): ``trl`` checked
